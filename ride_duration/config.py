@@ -1,0 +1,34 @@
+"""Paths and settings, each overridable by an environment variable (defaults in brackets).
+
+RIDE_DURATION_HOME [repo root]    where data/ and models/ live
+RIDE_DURATION_DATA [HOME/data]    local cache of TLC files
+RIDE_DURATION_MODELS [HOME/models] trained model files
+TLC_MIRROR [unset]                a directory holding TLC files under their own names
+TLC_BASE_URL [the TLC's CloudFront address]
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HOME = Path(os.environ.get("RIDE_DURATION_HOME", REPO_ROOT))
+DEFAULT_TLC_BASE_URL = "https://d37ci6vzurychx.cloudfront.net"
+TAXI_TYPES = ("green", "yellow", "fhv", "fhvhv")
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("RIDE_DURATION_DATA", HOME / "data"))
+
+
+def models_dir() -> Path:
+    return Path(os.environ.get("RIDE_DURATION_MODELS", HOME / "models"))
+
+
+def tlc_mirror() -> Path | None:
+    mirror = os.environ.get("TLC_MIRROR")
+    return Path(mirror) if mirror else None
+
+
+def tlc_base_url() -> str:
+    return os.environ.get("TLC_BASE_URL", DEFAULT_TLC_BASE_URL).rstrip("/")
