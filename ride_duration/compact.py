@@ -10,6 +10,7 @@ pickled objects, so loading it runs no code.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -19,6 +20,11 @@ from ride_duration.features import pu_do
 
 LEAF = -2  # the feature id of a leaf node (scikit-learn uses -2 too)
 FOREST_CHUNK = 20_000  # rows evaluated at once by a forest, to bound memory
+
+
+def file_version(name: str, blob: bytes) -> str:
+    """The version of a model stored as a file: its name and a sha256 prefix of its bytes."""
+    return f"{name}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
 class CompactModel:

@@ -9,7 +9,6 @@ export, see ride_duration.compact) and prints the validation RMSE.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import pickle
 import tempfile
@@ -22,7 +21,7 @@ from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import Lasso, LinearRegression
 
 from ride_duration import config
-from ride_duration.compact import CompactModel
+from ride_duration.compact import CompactModel, file_version
 from ride_duration.features import make_pipeline
 
 TARGET = "duration"
@@ -95,8 +94,7 @@ def save(pipeline, directory: Path, name: str) -> tuple[Path, Path]:
     """
     directory.mkdir(parents=True, exist_ok=True)
     blob = pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL)
-    version = f"{name}-{hashlib.sha256(blob).hexdigest()[:12]}"
-    compact = CompactModel.from_pipeline(pipeline, version=version)
+    compact = CompactModel.from_pipeline(pipeline, version=file_version(name, blob))
     return _write_atomic(directory / f"{name}.pkl", blob), _write_atomic(directory / f"{name}.npz", compact.to_bytes())
 
 

@@ -1,0 +1,44 @@
+"""Load a serving model from where it lives: a local file or an S3 object.
+
+Light on purpose (numpy, and boto3 only for S3): the web service and the Lambda import it.
+MLflow URIs are resolved by ride_duration.registry, which needs MLflow.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+from ride_duration.compact import CompactModel, file_version
+
+
+class ModelNotFound(Exception):
+    """No model at the given location; the message names the location."""
+
+
+def load_compact(location: str | Path) -> CompactModel:
+    """A CompactModel from a local .npz/.pkl file or an s3://bucket/key.npz object."""
+    location = str(location)
+    if location.startswith("s3://"):
+        return CompactModel.from_bytes(read_s3(location))
+    path = Path(location)
+    if not path.is_file():
+        raise ModelNotFound(f"no model file at {path}: train one with `make train` (or set MODEL_PATH)")
+    if path.suffix == ".npz":
+        return CompactModel.load(path)
+    # A pickled scikit-learn pipeline (this imports scikit-learn): exported on the fly.
+    blob = path.read_bytes()
+    return CompactModel.from_pipeline(pickle.loads(blob), version=file_version(path.stem, blob))
+
+
+def read_s3(url: str) -> bytes:
+    import boto3
+    from botocore.exceptions import ClientError
+
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    try:
+        return boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "NoSuchBucket", "404", "403", "AccessDenied"):
+            raise ModelNotFound(f"no model at {url} ({code})") from None
+        raise
