@@ -42,3 +42,8 @@ def read_s3(url: str) -> bytes:
         if code in ("NoSuchKey", "NoSuchBucket", "404", "403", "AccessDenied"):
             raise ModelNotFound(f"no model at {url} ({code})") from None
         raise
+
+
+def run_artifact_url(bucket: str, experiment_id: str, run_id: str, path: str = "compact/model.npz") -> str:
+    """Where MLflow keeps a run's artifact on S3, so a reader needs no tracking server."""
+    return f"s3://{bucket}/{experiment_id}/{run_id}/artifacts/{path}"
