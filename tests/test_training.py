@@ -1,0 +1,69 @@
+"""The feature pipeline, the reference results, and the compact export used for serving."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ride_duration.compact import CompactModel
+from ride_duration.features import ride_features
+from ride_duration.models import ModelNotFound, load_compact
+from ride_duration.train import fit, rmse
+
+RIDE = {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}
+
+
+def test_features_are_the_same_from_dicts_and_from_a_frame(trips):
+    valid = trips[1].head(50)
+    from_frame = ride_features(valid)
+    from_dicts = ride_features(valid[["PULocationID", "DOLocationID", "trip_distance"]].to_dict("records"))
+    assert from_frame == from_dicts
+    assert ride_features([RIDE]) == [{"PU_DO": "130_205", "trip_distance": 3.66}]
+
+
+def test_pipeline_takes_raw_ride_dicts(linear_pipeline, trips):
+    valid = trips[1].head(200)
+    rides = valid[["PULocationID", "DOLocationID", "trip_distance"]].to_dict("records")
+    np.testing.assert_array_equal(linear_pipeline.predict(rides), linear_pipeline.predict(valid))
+    assert np.isfinite(linear_pipeline.predict([RIDE])).all()
+
+
+def test_baseline_rmse_is_the_reference_value(linear_pipeline, trips):
+    valid = trips[1]
+    assert rmse(valid.duration, linear_pipeline.predict(valid)) == pytest.approx(7.7587, abs=1e-3)
+
+
+def test_lasso_rmse_is_the_reference_value(trips):
+    train, valid = trips
+    assert rmse(valid.duration, fit("lasso", train).predict(valid)) == pytest.approx(11.1673, abs=1e-3)
+
+
+@pytest.mark.parametrize("pipeline_fixture", ["linear_pipeline", "small_forest"])
+def test_compact_export_predicts_what_the_pipeline_predicts(request, pipeline_fixture, trips):
+    pipeline = request.getfixturevalue(pipeline_fixture)
+    valid = trips[1]
+    compact = CompactModel.from_bytes(CompactModel.from_pipeline(pipeline, version="v1").to_bytes())
+    np.testing.assert_allclose(compact.predict_frame(valid), pipeline.predict(valid), rtol=0, atol=1e-9)
+    unseen = [{"PULocationID": 1, "DOLocationID": 1, "trip_distance": 0.0}, RIDE]
+    np.testing.assert_allclose(compact.predict(unseen), pipeline.predict(unseen), rtol=0, atol=1e-9)
+    assert compact.version == "v1"
+
+
+def test_saved_model_files_load_with_one_version(model_files):
+    pkl, npz = model_files
+    from_npz, from_pkl = load_compact(npz), load_compact(pkl)
+    assert from_npz.version == from_pkl.version and from_npz.version.startswith("lin_reg-")
+    np.testing.assert_array_equal(from_npz.predict([RIDE]), from_pkl.predict([RIDE]))
+
+
+def test_missing_model_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelNotFound, match="no model file"):
+        load_compact(tmp_path / "nothing.npz")
+
+
+def test_training_cli_writes_both_files(tmp_path, capsys):
+    from ride_duration.train import main
+
+    main(["--output", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "validation RMSE 7.7587" in out
+    assert (tmp_path / "lin_reg.pkl").is_file() and (tmp_path / "lin_reg.npz").is_file()
