@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.8
 READY := $(VENV)/.ready
 
-.PHONY: demo test notebooks refresh-notebooks lab train bench standins-up standins-down clean
+.PHONY: demo test lab train serve standins-up standins-down standins-status register \
+	serve-mlflow stream score refresh-notebooks diagrams bench clean
 
 $(READY): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,20 +16,57 @@ $(READY): pyproject.toml requirements.lock
 	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $@
 
+## The two commands of the README
 demo: $(READY)
 	$(PY) -m ride_duration.demo
 
 test: $(READY)
 	$(PY) -m pytest
 
-refresh-notebooks: $(READY)
-	$(PY) -m ride_duration.notebooks refresh
-
-lab: $(READY)
+## One lesson at a time
+lab: $(READY) standins-up
 	$(VENV)/bin/jupyter lab notebooks/
 
 train: $(READY)
 	$(PY) -m ride_duration.train
 
-clean:
-	rm -rf $(VENV) models
+serve: $(READY)
+	test -f models/lin_reg.npz || $(PY) -m ride_duration.train
+	cd web-service && ../$(VENV)/bin/gunicorn --config python:ride_duration.gunicorn_conf predict:app
+
+standins-up: $(READY)
+	$(PY) -m ride_duration.standins up
+
+standins-down: $(READY)
+	$(PY) -m ride_duration.standins down
+
+standins-status: $(READY)
+	$(PY) -m ride_duration.standins status
+
+register: standins-up
+	$(PY) -m ride_duration.registry
+
+serve-mlflow: register
+	. .standins/env && cd web-service-mlflow && MODEL_URI=models:/ride-duration@production \
+		../$(VENV)/bin/gunicorn --config python:ride_duration.gunicorn_conf predict:app
+
+stream: register
+	. .standins/env && $(PY) streaming/run_local.py
+
+score: $(READY)
+	test -f models/lin_reg.npz || $(PY) -m ride_duration.train
+	$(PY) batch/score.py --taxi-type green --year 2021 --month 2 --model models/lin_reg.npz
+
+refresh-notebooks: $(READY)
+	$(PY) -m ride_duration.notebooks refresh
+
+diagrams: $(READY)
+	$(PY) imgs/make_diagrams.py
+
+bench: $(READY)
+	$(PY) benchmarks/web_service.py
+	$(PY) benchmarks/streaming.py
+	$(PY) benchmarks/batch.py
+
+clean: standins-down
+	rm -rf $(VENV) models output .standins

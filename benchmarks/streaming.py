@@ -1,0 +1,224 @@
+"""Benchmark the streaming Lambda: cold start, peak memory, and records/s against a naive handler.
+
+    python benchmarks/streaming.py [--models models/lin_reg.npz models/random_forest.npz]
+                                   [--cold-starts 5] [--records 5000] [--naive-records 1000]
+
+Everything runs against a moto server that this script starts on a free loopback port, in
+its own process (so it does not share the handler's interpreter) and stops at the end.
+
+- Cold start: a fresh `python` imports streaming/lambda_function.py, which loads the model
+  from the S3 stand-in; measured inside the process (imports + model load) and from outside
+  (the whole process, interpreter start included), with the peak RSS (ru_maxrss).
+- Throughput: the handler on 100- and 500-record Kinesis events, writing every prediction
+  to the predictions stream with PutRecords, against a naive handler that predicts and
+  put_record()s one record at a time (what the course's Lambda does), in the same run.
+
+The models are the files `python -m ride_duration.train [--model forest]` writes.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from ride_duration import streaming  # noqa: E402
+from ride_duration.config import models_dir  # noqa: E402
+
+BUCKET = "ride-duration-bench"
+# Peak memory is the process's own high-water mark (VmHWM): ru_maxrss would also count the
+# parent's pages that a forked child starts with, i.e. this benchmark's pandas.
+COLD_START = """
+import time
+started = time.perf_counter()
+import json, re, sys
+sys.path.insert(0, "streaming")
+import lambda_function
+seconds = time.perf_counter() - started
+with open("/proc/self/status") as status:
+    peak_kb = int(re.search(r"VmHWM:\\s+(\\d+) kB", status.read()).group(1))
+print(json.dumps({"seconds": seconds, "peak_mb": peak_kb / 1024, "version": lambda_function.SERVICE.model.version}))
+"""
+
+
+# ---- the stand-in --------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_moto() -> tuple[subprocess.Popen, dict[str, str]]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=1).read()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop(process)
+                raise SystemExit("the moto server did not start")
+            time.sleep(0.2)
+    env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    return process, env
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+# ---- cold start -----------------------------------------------------------------------------
+def cold_starts(location: str, env: dict[str, str], times: int) -> list[dict]:
+    results = []
+    for _ in range(times):
+        started = time.perf_counter()
+        output = subprocess.run(
+            [sys.executable, "-c", COLD_START], cwd=REPO, capture_output=True, text=True, timeout=120, check=True,
+            env={**os.environ, **env, "MODEL_LOCATION": location, "TEST_RUN": "True"}).stdout
+        results.append({**json.loads(output), "process_seconds": time.perf_counter() - started})
+    return results
+
+
+# ---- throughput -----------------------------------------------------------------------------
+def sample_rides(count: int) -> list[dict]:
+    """Real rides from green 2021-02 when the TLC files are at hand, else made-up valid ones."""
+    try:
+        from ride_duration.data import read_trips
+
+        frame = read_trips("green", 2021, 2)[0].head(count)
+        return frame[["PULocationID", "DOLocationID", "trip_distance"]].to_dict("records")
+    except Exception:  # no data here: the throughput does not depend on which rides
+        import random
+
+        generator = random.Random(0)
+        return [{"PULocationID": generator.randint(1, 265), "DOLocationID": generator.randint(1, 265),
+                 "trip_distance": round(generator.uniform(0.1, 20), 2)} for _ in range(count)]
+
+
+def events(rides: list[dict], batch_size: int) -> list[dict]:
+    records = [{"kinesis": {"data": base64.b64encode(streaming.encode_ride_event(r, i)).decode(),
+                            "sequenceNumber": str(i), "partitionKey": str(i)}} for i, r in enumerate(rides)]
+    return [{"Records": records[i:i + batch_size]} for i in range(0, len(records), batch_size)]
+
+
+class NaiveHandler:
+    """One prediction and one put_record per record, as the course's Lambda does."""
+
+    def __init__(self, model, stream: str, client):
+        self.model, self.stream, self.client = model, stream, client
+
+    def __call__(self, event, context=None):
+        predictions = []
+        for record in event["Records"]:
+            ride_id, ride = streaming.decode_record(record)
+            prediction = streaming.prediction_event(ride_id, self.model.predict([ride])[0], self.model.version)
+            self.client.put_record(StreamName=self.stream, Data=json.dumps(prediction).encode(),
+                                   PartitionKey=str(ride_id))
+            predictions.append(prediction)
+        return {"predictions": predictions}
+
+
+def records_per_second(handler, batches: list[dict]) -> float:
+    handler(batches[0], None)  # warm: connections, caches
+    started = time.perf_counter()
+    count = 0
+    for event in batches:
+        handler(event, None)
+        count += len(event["Records"])
+    return count / (time.perf_counter() - started)
+
+
+def throughput(location: str, rides: list[dict], naive_rides: int) -> dict:
+    """records/s of each handler, each writing to a fresh stream (moto's PutRecords slows down
+    as a shard fills up, so no measurement pays for another's records)."""
+    from ride_duration.models import load_compact
+
+    model = load_compact(location)
+    client = streaming.kinesis_client()
+
+    def fresh_stream(label: str) -> str:
+        name = f"bench-{label}-{time.monotonic_ns()}"
+        streaming.ensure_streams([name], client=client)
+        return name
+
+    figures = {}
+    for size in (100, 500):
+        service = streaming.PredictionService(model, streaming.KinesisWriter(fresh_stream(f"b{size}"), client=client))
+        figures[f"batched_{size}"] = records_per_second(lambda e, c: service.handle(e), events(rides, size))
+    dry = streaming.PredictionService(model)
+    figures["test_run_100"] = records_per_second(lambda e, c: dry.handle(e), events(rides, 100))
+    naive = NaiveHandler(model, fresh_stream("naive"), client)
+    figures["naive_100"] = records_per_second(naive, events(rides[:naive_rides], 100))
+    return figures
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", type=Path,
+                        default=[models_dir() / "lin_reg.npz", models_dir() / "random_forest.npz"])
+    parser.add_argument("--cold-starts", type=int, default=5)
+    parser.add_argument("--records", type=int, default=3_000, help="records per batched measurement")
+    parser.add_argument("--naive-records", type=int, default=1_000, help="records for the naive handler")
+    args = parser.parse_args(argv)
+    missing = [str(p) for p in args.models if not p.is_file()]
+    if missing:
+        raise SystemExit(f"missing {', '.join(missing)}: `python -m ride_duration.train` (--model forest)")
+
+    process, env = start_moto()
+    try:
+        os.environ.update(env)
+        import boto3
+
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket=BUCKET)
+        locations = {}
+        for path in args.models:
+            locations[path] = f"s3://{BUCKET}/{path.name}"
+            s3.put_object(Bucket=BUCKET, Key=path.name, Body=path.read_bytes())
+        # Cold starts first, while this process is still small (it forks them).
+        starts_by_model = {path: cold_starts(location, env, args.cold_starts) for path, location in locations.items()}
+        rides = sample_rides(args.records)
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+              f"{args.records:,} records per batched run, {args.naive_records:,} for the naive one")
+        for path, location in locations.items():
+            starts = starts_by_model[path]
+            figures = throughput(location, rides, args.naive_records)
+            inside = [s["seconds"] for s in starts]
+            print(f"{path.name} ({path.stat().st_size / 1e6:.1f} MB, version {starts[0]['version']})")
+            print(f"  cold start (imports + model from S3): median {statistics.median(inside):.2f} s, "
+                  f"max {max(inside):.2f} s; whole process median "
+                  f"{statistics.median(s['process_seconds'] for s in starts):.2f} s; "
+                  f"peak RSS max {max(s['peak_mb'] for s in starts):.0f} MB ({len(starts)} runs)")
+            print(f"  records/s writing to the stand-in: batched 100 {figures['batched_100']:,.0f}, "
+                  f"batched 500 {figures['batched_500']:,.0f}, naive {figures['naive_100']:,.0f} "
+                  f"-> {figures['batched_100'] / figures['naive_100']:.0f}x and "
+                  f"{figures['batched_500'] / figures['naive_100']:.0f}x; "
+                  f"TEST_RUN (no writes) 100 {figures['test_run_100']:,.0f}")
+    finally:
+        stop(process)
+
+
+if __name__ == "__main__":
+    main()

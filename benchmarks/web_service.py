@@ -1,0 +1,188 @@
+"""Benchmark the prediction web service against its ceiling and the course's naive service.
+
+    python benchmarks/web_service.py [--app-dir web-service] [--env MODEL_PATH=...] [--url URL]
+                                     [--connections 16] [--duration 10] [--loadgen auto|wrk|python]
+
+Measures requests/s and p50/p99 latency at N concurrent keep-alive connections, in one run,
+for three services, all started on free loopback ports and measured in turns (--rounds; the
+median round of each is reported):
+
+  (a) the service: --app-dir's predict:app (default web-service/, the model file
+      models/lin_reg.npz), or an already running one given by --url;
+  (b) the ceiling: a bare Flask endpoint answering a constant JSON (bare_app.py), on the
+      same gunicorn settings as (a) (ride_duration/gunicorn_conf.py, plus --gunicorn-arg);
+  (c) the course's style (naive_app.py): gunicorn's defaults (one sync worker), features +
+      DictVectorizer + scikit-learn predict per request from a pickled (dv, model) pair,
+      made here from models/lin_reg.pkl.
+
+and prints the ratios a/b and a/c. The load generator is wrk (Debian package `wrk`) when
+installed, else the package's asyncio client (ride_duration.loadgen), which uses more CPU.
+Nothing leaves the loopback interface; every run is bounded by --duration.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from ride_duration.background import serve_in_background  # noqa: E402
+from ride_duration.config import models_dir  # noqa: E402
+from ride_duration.loadgen import run_load  # noqa: E402
+
+RIDE = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40}
+TARGETS = {"a/b": 0.90, "a/c": 2.5, "p99_ms": 15.0}
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = [==[%s]==]
+wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %%d %%d %%d %%f %%f\\n", summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.status + e.timeout, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+@dataclass
+class Measure:
+    name: str
+    requests: int
+    seconds: float
+    errors: int
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+
+def measure(name: str, url: str, args) -> Measure:
+    body = json.dumps(RIDE).encode()
+    if args.warmup:
+        load(url, body, args.warmup, args)
+    return Measure(name, *load(url, body, args.duration, args))
+
+
+def load(url: str, body: bytes, seconds: float, args) -> tuple[int, float, int, float, float]:
+    """(requests answered, seconds, errors, p50 ms, p99 ms) of one bounded run."""
+    if args.loadgen == "wrk":
+        with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+            script.write(WRK_SCRIPT % body.decode())
+            script.flush()
+            out = subprocess.run(["wrk", "-t", str(args.wrk_threads), "-c", str(args.connections),
+                                  "-d", f"{seconds:g}s", "--timeout", "2s", "-s", script.name, url],
+                                 capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
+        line = next(line for line in out.splitlines() if line.startswith("RESULT "))
+        requests, micros, errors, p50, p99 = line.split()[1:]
+        return int(requests), int(micros) / 1e6, int(errors), float(p50) / 1e3, float(p99) / 1e3
+    result = run_load(url, [body], duration=seconds, connections=args.connections, timeout=2.0)
+    errors = result.errors + sum(n for status, n in result.statuses.items() if status >= 400)
+    return result.answered, result.elapsed, errors, result.percentile(50) * 1e3, result.percentile(99) * 1e3
+
+
+def naive_pickle(pipeline_path: Path, folder: Path) -> Path:
+    """The course's model file: a pickled (DictVectorizer, regressor) pair."""
+    pipeline = pickle.loads(pipeline_path.read_bytes())
+    path = folder / "naive_dv_model.bin"
+    path.write_bytes(pickle.dumps((pipeline.steps[-2][1], pipeline.steps[-1][1])))
+    return path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--app-dir", type=Path, default=REPO / "web-service", help="folder of (a)'s predict.py")
+    parser.add_argument("--app", default="predict:app", help="(a)'s gunicorn MODULE:VARIABLE")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="for (a)'s process")
+    parser.add_argument("--url", help="measure this running service as (a) instead of starting one")
+    parser.add_argument("--model", type=Path, default=models_dir() / "lin_reg.npz", help="(a)'s MODEL_PATH")
+    parser.add_argument("--pipeline", type=Path, default=models_dir() / "lin_reg.pkl", help="source of (c)'s model")
+    parser.add_argument("--gunicorn-arg", action="append", default=[], metavar="ARG",
+                        help="extra gunicorn argument for (a) and (b), e.g. --gunicorn-arg=--threads=8")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per round")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each measure")
+    parser.add_argument("--rounds", type=int, default=3, help="turns taken by each service; the median is kept")
+    parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument("--skip", default="", help="letters of services not to run, e.g. 'c'")
+    args = parser.parse_args(argv)
+    if args.loadgen == "auto":
+        args.loadgen = "wrk" if shutil.which("wrk") else "python"
+    env = dict(item.split("=", 1) for item in args.env)
+    env.setdefault("MODEL_PATH", str(args.model.resolve()))
+    extra = tuple(args.gunicorn_arg)
+
+    print(f"{args.connections} keep-alive connections; {args.rounds} rounds of {args.duration:g} s per service, "
+          f"each after {args.warmup:g} s of warm-up; load generator: {args.loadgen}")
+    urls: dict[str, tuple[str, str]] = {}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as running:
+        # All three stay up; idle ones cost nothing, and taking turns in rounds spreads any
+        # other load on the machine over all of them alike.
+        if "a" not in args.skip:
+            if args.url:
+                urls["a"] = (f"(a) {args.url}", args.url)
+            else:
+                service = running.enter_context(serve_in_background(args.app_dir, env, app=args.app, args=extra))
+                urls["a"] = (f"(a) {args.app_dir.name}/{args.app}", service.predict_url)
+                print(f"gunicorn settings of (a) and (b): {gunicorn_settings(service.command)}")
+        if "b" not in args.skip:
+            service = running.enter_context(serve_in_background(REPO / "benchmarks", app="bare_app:app", args=extra))
+            urls["b"] = ("(b) bare Flask, constant JSON", service.predict_url)
+        if "c" not in args.skip:
+            naive_env = {"NAIVE_MODEL_PATH": str(naive_pickle(args.pipeline, Path(tmp)))}
+            service = running.enter_context(serve_in_background(REPO / "benchmarks", naive_env,
+                                                                app="naive_app:app", config=None))
+            urls["c"] = ("(c) course style, 1 sync worker", service.predict_url)
+        rounds = {key: [] for key in urls}
+        for _ in range(args.rounds):
+            for key, (name, url) in urls.items():
+                rounds[key].append(measure(name, url, args))
+    report({key: median_of(runs) for key, runs in rounds.items()})
+    return 0
+
+
+def median_of(runs: list[Measure]) -> Measure:
+    """The round with the median requests/s (its own latencies kept with it)."""
+    return sorted(runs, key=lambda m: m.rps)[len(runs) // 2]
+
+
+def gunicorn_settings(command: list[str]) -> str:
+    """The settings a started service runs with, as gunicorn would print them."""
+    out = subprocess.run([*command[:command.index("--bind")], "--print-config", "x:y"],
+                         capture_output=True, text=True, timeout=60).stdout
+    values = {name.strip(): value.strip() for name, _, value in (line.partition(" = ") for line in out.splitlines())}
+    return (f"worker_class={values.get('worker_class', '?')} workers={values.get('workers', '?')} "
+            f"threads={values.get('threads', '?')} keepalive={values.get('keepalive', '?')}")
+
+
+def report(results: dict[str, Measure]) -> None:
+    print(f"{'service':40} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    for m in results.values():
+        print(f"{m.name:40} {m.rps:8,.0f} {m.p50_ms:8.2f} {m.p99_ms:8.2f} {m.errors:7d}")
+    a = results.get("a")
+    if a is None:
+        return
+    checks = []
+    if "b" in results:
+        checks.append(("a/b", a.rps / results["b"].rps, ">=", TARGETS["a/b"]))
+    if "c" in results:
+        checks.append(("a/c", a.rps / results["c"].rps, ">=", TARGETS["a/c"]))
+    checks.append(("p99 of (a), ms", a.p99_ms, "<=", TARGETS["p99_ms"]))
+    for label, value, op, target in checks:
+        met = value >= target if op == ">=" else value <= target
+        print(f"{label:15} {value:6.2f}   target {op} {target:g}: {'met' if met else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Run a web service under gunicorn in the background, on a free loopback port.
+
+Used by the notebooks, the tests, the demo and the benchmark:
+
+    with serve_in_background("web-service", env={"MODEL_PATH": "models/lin_reg.npz"}) as service:
+        requests.post(service.predict_url, json=ride)
+
+or, across notebook cells, `service = serve_in_background(...)` ... `service.stop()`.
+gunicorn runs in its own process group, so stopping it leaves no worker behind.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ride_duration.healthcheck import probe
+
+DEFAULT_CONFIG = "python:ride_duration.gunicorn_conf"
+START_TIMEOUT = 30.0  # seconds to wait for /health
+STOP_TIMEOUT = 15.0  # seconds for a graceful stop before SIGKILL
+LOOPBACK = "127.0.0.1"
+
+
+class ServiceFailed(RuntimeError):
+    """gunicorn exited or did not become healthy; the message holds the end of its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+class Service:
+    """A gunicorn process group serving one app on loopback."""
+
+    def __init__(self, command: list[str], env: dict, port: int, log_path: Path):
+        self.command, self.port, self.log_path = command, port, log_path
+        self.url = f"http://{LOOPBACK}:{port}"
+        self.predict_url, self.health_url = f"{self.url}/predict", f"{self.url}/health"
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        atexit.register(self.stop)
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT) -> dict:
+        """The /health answer, once there is one; raises ServiceFailed on exit or time-out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServiceFailed(f"gunicorn exited with status {self.process.returncode}:\n{self.log_tail()}")
+            health = probe(self.health_url, timeout=1.0)
+            if health:
+                return health
+            time.sleep(0.05)
+        self.stop()
+        raise ServiceFailed(f"no answer from {self.health_url} within {timeout:g} s:\n{self.log_tail()}")
+
+    def running(self) -> bool:
+        """Whether any process of the service (master or worker) is still alive."""
+        if self.process.poll() is None:
+            return True
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """Stop gracefully (SIGTERM lets requests in flight finish), then kill what is left."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:  # workers whose master died, or a master that ignored SIGTERM
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+        # A worker the master killed without reaping lingers as a zombie until init reaps it.
+        deadline = time.monotonic() + 5
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        atexit.unregister(self.stop)
+        return self.process.returncode
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def __enter__(self) -> "Service":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<Service {self.url} pid={self.process.pid} {'running' if self.running() else 'stopped'}>"
+
+
+def serve_in_background(app_dir: str | Path, env: dict | None = None, port: int | None = None, *,
+                        app: str = "predict:app", config: str | None = DEFAULT_CONFIG,
+                        args: tuple[str, ...] = (), timeout: float = START_TIMEOUT,
+                        log_path: str | Path | None = None, python: str | None = None) -> Service:
+    """Start gunicorn serving `app` from `app_dir` on 127.0.0.1 and wait for /health.
+
+    Args:
+        app_dir: folder holding the app module (gunicorn --chdir).
+        env: environment variables added to this process's own (e.g. MODEL_PATH).
+        port: port to listen on [a free one].
+        app: gunicorn's MODULE:VARIABLE.
+        config: gunicorn --config [the package's settings]; None for gunicorn's defaults.
+        args: further gunicorn arguments (they override the config).
+        timeout: seconds to wait for /health.
+        log_path: file for gunicorn's log [a temporary file].
+        python: the interpreter whose gunicorn runs [this one].
+
+    Returns:
+        The running Service: use it as a context manager, or call .stop().
+    """
+    log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="gunicorn-", suffix=".log")[1])
+    environment = {**os.environ, **(env or {})}
+    for attempt in range(3):  # a free port can be taken by someone else before gunicorn binds it
+        bind_port = port or free_port()
+        command = [python or sys.executable, "-m", "gunicorn", "--chdir", str(Path(app_dir).resolve())]
+        command += ["--config", config] if config else ["--no-control-socket"]
+        command += ["--bind", f"{LOOPBACK}:{bind_port}", *args, app]
+        service = Service(command, environment, bind_port, log_path)
+        try:
+            service.wait_healthy(timeout)
+            return service
+        except ServiceFailed as exc:
+            service.stop()
+            if port or "Address already in use" not in str(exc) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")

@@ -1,0 +1,248 @@
+"""MLflow registry and web-service-mlflow against the real stand-ins: moto's server and an
+MLflow tracking server, each a process of its own, on ports and in a folder of this test's
+own (a developer's stand-ins or the notebooks' are not touched).
+
+The tests run in file order: the tracking server is stopped half-way, to show that a model
+still loads from S3 alone, and the last test stops everything and checks no process is left.
+A small forest keeps the fit to seconds; the notebook trains the full one.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ride_duration import registry, standins
+from ride_duration.background import ServiceFailed, free_port, serve_in_background
+from ride_duration.models import ModelNotFound
+
+REPO = Path(__file__).resolve().parent.parent
+SERVICE_DIR = REPO / "web-service-mlflow"
+SMALL_FOREST = {"n_estimators": 10, "max_depth": 10}
+NAME = "test-ride-duration"
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def stand_ins(tmp_path_factory):
+    """Stand-ins started by standins.up() with this module's settings; stopped at the end."""
+    patch = pytest.MonkeyPatch()
+    settings = {
+        "STANDINS_DIR": str(tmp_path_factory.mktemp("standins")),
+        "MOTO_PORT": str(free_port()),
+        "MLFLOW_PORT": str(free_port()),
+        "MODEL_BUCKET": "test-ride-duration-models",
+        "MODEL_NAME": NAME,
+        "MODEL_ALIAS": "production",
+        "EXPERIMENT_NAME": "test-ride-duration",
+    }
+    for name, value in settings.items():
+        patch.setenv(name, value)
+    patch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    started = time.perf_counter()
+    env = standins.up()
+    print(f"\nstand-ins up in {time.perf_counter() - started:.1f} s")
+    for name, value in env.items():
+        patch.setenv(name, value)
+    yield env
+    try:
+        standins.down()
+    finally:
+        patch.undo()
+
+
+@pytest.fixture(scope="module")
+def registered(stand_ins, trips):
+    return registry.train_and_register(forest_params=SMALL_FOREST, data=trips)
+
+
+@pytest.fixture(scope="module")
+def rides(trips):
+    return trips[1][["PULocationID", "DOLocationID", "trip_distance"]].head(2000).to_dict("records")
+
+
+def test_up_is_idempotent_and_writes_the_environment(stand_ins):
+    pids = {s: info["pid"] for s, info in standins.status().items() if isinstance(info, dict)}
+    started = time.perf_counter()
+    assert standins.up() == stand_ins
+    assert time.perf_counter() - started < 10, "a second up() must reuse the running servers"
+    after = standins.status()
+    assert all(after[s]["running"] and after[s]["pid"] == pids[s] for s in standins.SERVICES)
+    env_file = Path(os.environ["STANDINS_DIR"]) / "env"
+    exported = dict(line.removeprefix("export ").split("=", 1) for line in env_file.read_text().splitlines())
+    assert exported["AWS_ENDPOINT_URL"] == f"http://127.0.0.1:{os.environ['MOTO_PORT']}"
+    assert exported["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{os.environ['MLFLOW_PORT']}"
+    assert exported["MODEL_BUCKET"] == "test-ride-duration-models"
+
+
+def test_the_registered_model_loads_by_alias_with_the_pipelines_predictions(registered, rides):
+    model = registry.load_model(f"models:/{NAME}@production")
+    assert model.version == registered.run_id
+    np.testing.assert_allclose(model.predict(rides), registered.pipeline.predict(rides), rtol=0, atol=1e-9)
+
+
+def test_every_mlflow_uri_of_the_model_loads_the_same_run(registered):
+    for spec in (f"models:/{NAME}/{registered.version}", f"models:/{registered.model_id}",
+                 f"runs:/{registered.run_id}/model"):
+        assert registry.load_model(spec).version == registered.run_id, spec
+
+
+def test_loading_through_the_registry_imports_neither_mlflow_nor_scikit_learn(registered):
+    """The serving path stays light: REST calls to the tracking server, then numpy and boto3."""
+    code = ("import sys; from ride_duration import registry; "
+            f"model = registry.load_model('models:/{NAME}@production'); "
+            "print(model.version, sorted(m for m in ('mlflow', 'sklearn', 'pandas') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.split() == [registered.run_id, "[]"]
+    assert result.stderr == ""
+
+
+def test_the_run_logs_one_pipeline_with_signature_params_and_metric(registered, rides):
+    import mlflow.artifacts
+    import mlflow.sklearn
+    from mlflow import MlflowClient
+
+    files = {Path(a.path).name for a in mlflow.artifacts.list_artifacts(artifact_uri=registered.artifact_uri)}
+    assert {"MLmodel", "model.skops", "input_example.json"} <= files
+    assert not {"dv.pkl", "model.pkl"} & files, "the model artifact is one pipeline, no separate vectorizer"
+    assert registered.artifact_uri.startswith(f"s3://test-ride-duration-models/{registered.experiment_id}/models/m-")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # loading must not warn (nbval compares stderr)
+        pipeline = mlflow.sklearn.load_model(f"models:/{NAME}@production")
+    assert [type(step).__name__ for _, step in pipeline.steps] == ["FunctionTransformer", "DictVectorizer", "RandomForestRegressor"]
+    np.testing.assert_allclose(pipeline.predict(rides), registered.pipeline.predict(rides), rtol=0, atol=1e-12)
+    info = mlflow.models.get_model_info(f"models:/{registered.model_id}")
+    assert [c["name"] for c in info.signature.inputs.to_dict()] == ["PULocationID", "DOLocationID", "trip_distance"]
+    run = MlflowClient().get_run(registered.run_id)
+    assert run.data.params["max_depth"] == "10" and run.data.params["n_estimators"] == "10"
+    assert run.data.metrics["rmse"] == pytest.approx(registered.rmse)
+    assert 6 < registered.rmse < 8
+
+
+def test_ensure_registered_model_reuses_the_alias(registered):
+    again = registry.ensure_registered_model()
+    assert (again.run_id, again.version, again.fit_seconds) == (registered.run_id, registered.version, None)
+    assert again.rmse == pytest.approx(registered.rmse)
+
+
+def test_a_model_without_compact_export_is_exported_on_load(registered, rides):
+    """A version registered by other means (e.g. from the UI) still serves."""
+    import mlflow
+    import mlflow.sklearn
+
+    with mlflow.start_run(experiment_id=registered.experiment_id) as run:
+        info = mlflow.sklearn.log_model(registered.pipeline, name="model",
+                                        skops_trusted_types=registry.SKOPS_TRUSTED_TYPES,
+                                        pip_requirements=["scikit-learn"])
+    mlflow.MlflowClient().create_registered_model("test-uploaded")
+    mlflow.MlflowClient().create_model_version("test-uploaded", info.model_uri, run.info.run_id, model_id=info.model_id)
+    model = registry.load_model("models:/test-uploaded/1")
+    assert model.version == run.info.run_id
+    np.testing.assert_allclose(model.predict(rides), registered.pipeline.predict(rides), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("spec, message", [
+    (f"models:/{NAME}@staging", "alias staging not found"),
+    (f"models:/{NAME}/99", "not found"),
+    (f"runs:/{'1' * 32}/model", "not found"),
+    ("0" * 32, f"no run {'0' * 32} with compact/model.npz in s3://test-ride-duration-models/"),
+    ("m-" + "0" * 32, f"no model m-{'0' * 32} in s3://test-ride-duration-models/"),
+    ("ride-duration", "is not a model location"),
+])
+def test_a_wrong_id_fails_with_a_message_naming_it(registered, spec, message):
+    with pytest.raises(ModelNotFound, match=message):
+        registry.load_model(spec)
+
+
+def test_the_service_serves_the_registry_model(registered, rides):
+    started = time.perf_counter()
+    with serve_in_background(SERVICE_DIR, env={"MODEL_URI": f"models:/{NAME}@production"},
+                             args=("--preload",), timeout=120) as service:
+        print(f"\nweb-service-mlflow up from the registry in {time.perf_counter() - started:.1f} s")
+        health = service.wait_healthy()
+        answer = _post(service.predict_url, rides[:50])
+    assert health["model_version"] == registered.run_id
+    assert [a["model_version"] for a in answer] == [registered.run_id] * 50
+    np.testing.assert_allclose([a["duration"] for a in answer], registered.pipeline.predict(rides[:50]), atol=1e-9)
+
+
+def test_with_the_tracking_server_stopped_the_model_loads_from_s3(registered, rides):
+    mlflow_pid = standins.status()["mlflow"]["pid"]
+    standins.stop_mlflow()
+    assert not standins.group_members(mlflow_pid)
+    assert standins.status()["mlflow"]["running"] is False and standins.status()["moto"]["running"]
+    for spec in (registered.run_id, registered.model_id):
+        model = registry.load_model(spec)
+        assert model.version == registered.run_id
+        np.testing.assert_allclose(model.predict(rides), registered.pipeline.predict(rides), rtol=0, atol=1e-9)
+    started = time.perf_counter()
+    with pytest.raises(registry.ModelStoreUnavailable, match="tracking server .* does not answer"):
+        registry.load_model(f"models:/{NAME}@production")
+    assert time.perf_counter() - started < 15
+
+
+def test_the_service_starts_from_s3_alone_and_the_client_prints_its_answer(registered, rides):
+    started = time.perf_counter()
+    with serve_in_background(SERVICE_DIR, env={"RUN_ID": registered.run_id}, args=("--preload",)) as service:
+        print(f"\nweb-service-mlflow up from S3 in {time.perf_counter() - started:.1f} s")
+        assert service.wait_healthy()["model_version"] == registered.run_id
+        client = subprocess.run([sys.executable, "test.py", service.predict_url], cwd=SERVICE_DIR,
+                                capture_output=True, text=True, timeout=60, check=True)
+    ride = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40}
+    expected = registered.pipeline.predict([ride])[0]
+    assert client.stdout.strip() == f"{expected:.1f} minutes (model_version {registered.run_id})"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"RUN_ID": "0" * 32}, f"no run {'0' * 32}"),
+    ({"MODEL_ID": "m-" + "f" * 32}, f"no model m-{'f' * 32}"),
+    ({"RUN_ID": "0" * 32, "MODEL_URI": "models:/x@y"}, "set only one of MODEL_URI, RUN_ID, MODEL_ID"),
+])
+def test_a_wrong_model_stops_the_service_at_start_with_a_message(registered, env, message):
+    clean = {k: v for k, v in os.environ.items() if k not in ("RUN_ID", "MODEL_ID", "MODEL_URI")}
+    result = subprocess.run([sys.executable, "predict.py"], cwd=SERVICE_DIR, env={**clean, **env},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3
+    assert result.stderr.startswith("web-service-mlflow cannot start:") and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_gunicorn_stops_instead_of_restarting_a_worker_without_model(registered):
+    with pytest.raises(ServiceFailed, match="exited with status 3") as failure:
+        serve_in_background(SERVICE_DIR, env={"RUN_ID": "0" * 32}, timeout=60)
+    assert f"no run {'0' * 32}" in str(failure.value)
+
+
+def test_down_leaves_no_process_and_a_fresh_moto_starts_a_fresh_registry(stand_ins):
+    pids = [info["pid"] for info in standins.status().values() if isinstance(info, dict) and info["pid"]]
+    assert pids, "moto should still run here"
+    standins.down()
+    assert all(not standins.group_members(pid) for pid in pids)
+    assert not any(standins.status()[s]["running"] for s in standins.SERVICES)
+    db = Path(os.environ["STANDINS_DIR"]) / "mlflow.db"
+    assert db.exists(), "the registry of the stopped stand-ins stays on disk until the next up"
+    standins.up(with_mlflow=False)
+    try:
+        assert not db.exists(), "a fresh moto has no artifacts: the old registry must go with it"
+        import boto3
+
+        assert boto3.client("s3").list_objects_v2(Bucket="test-ride-duration-models")["KeyCount"] == 0
+    finally:
+        moto_pid = standins.status()["moto"]["pid"]
+        standins.down()
+    assert not standins.group_members(moto_pid)
+
+
+def _post(url: str, payload):
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())

@@ -1,0 +1,46 @@
+"""Send a ride to a running prediction service and print its answer.
+
+    python test.py [URL] [--ride JSON]
+
+URL [$PREDICT_URL, else http://localhost:9696/predict]. The ride [a 40-mile trip from
+zone 10 to zone 50] may also be a JSON list of rides. Standard library only, so it runs
+wherever Python does.
+"""
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+
+DEFAULT_URL = "http://localhost:9696/predict"
+RIDE = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40}
+
+
+def predict(url: str, ride, timeout: float = 10.0) -> tuple[int, object]:
+    """POST the ride; the HTTP status and the decoded JSON answer (errors included)."""
+    request = urllib.request.Request(url, data=json.dumps(ride).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:  # a 4xx answer still carries {"error": ...}
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("url", nargs="?", default=os.environ.get("PREDICT_URL", DEFAULT_URL))
+    parser.add_argument("--ride", type=json.loads, default=RIDE, help="a ride (or a list of rides) as JSON")
+    args = parser.parse_args(argv)
+    try:
+        status, answer = predict(args.url, args.ride)
+    except (OSError, ValueError) as exc:
+        print(f"no answer from {args.url}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(answer, indent=2))
+    return 0 if status == 200 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
