@@ -1,19 +1,20 @@
 """Benchmark the streaming Lambda: cold start, peak memory, and records/s against a naive handler.
 
     python benchmarks/streaming.py [--models models/lin_reg.npz models/random_forest.npz]
-                                   [--cold-starts 5] [--records 5000] [--naive-records 1000]
+                                   [--cold-starts 5] [--records 3000] [--naive-records 500] [--repeats 3]
 
 Everything runs against a moto server that this script starts on a free loopback port, in
 its own process (so it does not share the handler's interpreter) and stops at the end.
 
 - Cold start: a fresh `python` imports streaming/lambda_function.py, which loads the model
   from the S3 stand-in; measured inside the process (imports + model load) and from outside
-  (the whole process, interpreter start included), with the peak RSS (ru_maxrss).
+  (the whole process, interpreter start included), with the peak resident memory (VmHWM).
 - Throughput: the handler on 100- and 500-record Kinesis events, writing every prediction
   to the predictions stream with PutRecords, against a naive handler that predicts and
   put_record()s one record at a time (what the course's Lambda does), in the same run.
 
-The models are the files `python -m ride_duration.train [--model forest]` writes.
+The models are the files `python -m ride_duration.train [--model forest]` writes (trained first
+when missing).
 """
 from __future__ import annotations
 
@@ -150,9 +151,10 @@ def records_per_second(handler, batches: list[dict]) -> float:
     return count / (time.perf_counter() - started)
 
 
-def throughput(location: str, rides: list[dict], naive_rides: int) -> dict:
-    """records/s of each handler, each writing to a fresh stream (moto's PutRecords slows down
-    as a shard fills up, so no measurement pays for another's records)."""
+def throughput(location: str, rides: list[dict], naive_rides: int, repeats: int) -> dict:
+    """Median records/s of each handler over `repeats` interleaved rounds (the machine's load
+    drifts; interleaving lets every handler see the same drift). Each measurement writes to a
+    fresh stream: moto's PutRecords slows down as a shard fills up."""
     from ride_duration.models import load_compact
 
     model = load_compact(location)
@@ -163,28 +165,47 @@ def throughput(location: str, rides: list[dict], naive_rides: int) -> dict:
         streaming.ensure_streams([name], client=client)
         return name
 
-    figures = {}
-    for size in (100, 500):
-        service = streaming.PredictionService(model, streaming.KinesisWriter(fresh_stream(f"b{size}"), client=client))
-        figures[f"batched_{size}"] = records_per_second(lambda e, c: service.handle(e), events(rides, size))
     dry = streaming.PredictionService(model)
-    figures["test_run_100"] = records_per_second(lambda e, c: dry.handle(e), events(rides, 100))
-    naive = NaiveHandler(model, fresh_stream("naive"), client)
-    figures["naive_100"] = records_per_second(naive, events(rides[:naive_rides], 100))
-    return figures
+    measurements = {
+        "batched_100": lambda: (streaming.PredictionService(model, streaming.KinesisWriter(fresh_stream("b100"), client=client)), 100, len(rides)),
+        "batched_500": lambda: (streaming.PredictionService(model, streaming.KinesisWriter(fresh_stream("b500"), client=client)), 500, len(rides)),
+        "test_run_100": lambda: (dry, 100, len(rides)),
+        "naive_100": lambda: (NaiveHandler(model, fresh_stream("naive"), client), 100, naive_rides),
+    }
+    figures = {name: [] for name in measurements}
+    for _ in range(repeats):
+        for name, make in measurements.items():
+            handler, size, count = make()
+            call = handler if isinstance(handler, NaiveHandler) else (lambda e, c, h=handler: h.handle(e))
+            figures[name].append(records_per_second(call, events(rides[:count], size)))
+    return {name: statistics.median(values) for name, values in figures.items()}
+
+
+def default_model(kind: str) -> Path:
+    """models/<name>.npz, trained first if it is not there (the forest takes a minute or two)."""
+    from ride_duration.train import MODEL_NAMES
+
+    path = models_dir() / f"{MODEL_NAMES[kind]}.npz"
+    if not path.is_file():
+        print(f"training the {kind} model for the benchmark ...", flush=True)
+        subprocess.run([sys.executable, "-m", "ride_duration.train", "--model", kind], check=True, timeout=900)
+    return path
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", type=Path,
-                        default=[models_dir() / "lin_reg.npz", models_dir() / "random_forest.npz"])
+    parser.add_argument("--models", nargs="+", type=Path, help="model files [models/lin_reg.npz "
+                        "models/random_forest.npz, trained first if missing]")
     parser.add_argument("--cold-starts", type=int, default=5)
     parser.add_argument("--records", type=int, default=3_000, help="records per batched measurement")
-    parser.add_argument("--naive-records", type=int, default=1_000, help="records for the naive handler")
+    parser.add_argument("--naive-records", type=int, default=500, help="records for the naive handler")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
     args = parser.parse_args(argv)
+    if args.models is None:
+        args.models = [default_model(kind) for kind in ("linear", "forest")]
     missing = [str(p) for p in args.models if not p.is_file()]
     if missing:
-        raise SystemExit(f"missing {', '.join(missing)}: `python -m ride_duration.train` (--model forest)")
+        raise SystemExit(f"missing {', '.join(missing)}: `python -m ride_duration.train [--model forest]` writes them")
 
     process, env = start_moto()
     try:
@@ -200,11 +221,11 @@ def main(argv=None) -> None:
         # Cold starts first, while this process is still small (it forks them).
         starts_by_model = {path: cold_starts(location, env, args.cold_starts) for path, location in locations.items()}
         rides = sample_rides(args.records)
-        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
-              f"{args.records:,} records per batched run, {args.naive_records:,} for the naive one")
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {args.records:,} records per "
+              f"batched run, {args.naive_records:,} per naive run; medians of {args.repeats} interleaved rounds")
         for path, location in locations.items():
             starts = starts_by_model[path]
-            figures = throughput(location, rides, args.naive_records)
+            figures = throughput(location, rides, args.naive_records, args.repeats)
             inside = [s["seconds"] for s in starts]
             print(f"{path.name} ({path.stat().st_size / 1e6:.1f} MB, version {starts[0]['version']})")
             print(f"  cold start (imports + model from S3): median {statistics.median(inside):.2f} s, "

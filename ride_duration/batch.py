@@ -1,10 +1,11 @@
 """Batch scoring: predict the duration of every ride in a TLC month and write the result.
 
-One function, `score_month`, serves the CLI (batch/score.py), the backfill, the notebooks
-and the demo. It reads the month in chunks (pyarrow row batches), cleans each chunk with
-`data.clean_trips`, predicts with a CompactModel and streams the rows into a parquet file
-that appears at its final place only when complete. Memory stays bounded by the chunk
-size, not by the month. `engine="spark"` runs the same per-chunk function on Apache Spark.
+`score_month` runs the job for the CLI (batch/score.py), the backfill, the notebooks and the
+demo. It reads the month in chunks (pyarrow record batches), hands each chunk to
+`score_chunk` (the one scoring function: `data.clean_trips`, then the model, then the output
+columns) and streams the rows into a parquet file that appears at its final place only when
+complete. Memory stays bounded by the chunk size, not by the month. `engine="spark"` runs the
+same `score_chunk` on Apache Spark.
 
 Settings (environment, defaults in brackets):
 BATCH_OUTPUT [<repo>/output]     root of the output: a directory or s3://bucket/prefix
@@ -117,7 +118,7 @@ def exists(location: str) -> bool:
     if not location.startswith("s3://"):
         return Path(location).is_file()
     import boto3
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = _split_s3(location)
     try:
@@ -127,6 +128,8 @@ def exists(location: str) -> bool:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             return False
         raise BatchError(f"cannot check {location}: {_client_error(exc)}") from None
+    except BotoCoreError as exc:  # no endpoint, no credentials
+        raise BatchError(f"cannot check {location}: {exc}") from None
 
 
 def write_parquet_atomic(tables: Iterable, location: str) -> None:
@@ -141,12 +144,15 @@ def write_parquet_atomic(tables: Iterable, location: str) -> None:
 
     schema = output_schema()
     on_s3 = location.startswith("s3://")
-    if on_s3:
-        fd, tmp = tempfile.mkstemp(prefix="batch-", suffix=".parquet.part")
-    else:
-        target = Path(location)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        if on_s3:
+            fd, tmp = tempfile.mkstemp(prefix="batch-", suffix=".parquet.part")
+        else:
+            target = Path(location)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    except OSError as exc:
+        raise BatchError(f"cannot write {location}: {exc.strerror or exc}") from None
     os.close(fd)
     try:
         with pq.ParquetWriter(tmp, schema) as writer:
@@ -162,18 +168,20 @@ def write_parquet_atomic(tables: Iterable, location: str) -> None:
 
 def _upload(path: str, location: str) -> None:
     import boto3
-    from botocore.exceptions import ClientError
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = _split_s3(location)
     try:
         boto3.client("s3").upload_file(path, bucket, key)
     except ClientError as exc:
         raise BatchError(f"cannot write {location}: {_client_error(exc)}") from None
-    except Exception as exc:  # boto3's transfer manager wraps client errors
+    except BotoCoreError as exc:  # no endpoint, no credentials
+        raise BatchError(f"cannot write {location}: {exc}") from None
+    except S3UploadFailedError as exc:  # the transfer manager's wrapper around a ClientError
         cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, ClientError):
-            raise BatchError(f"cannot write {location}: {_client_error(cause)}") from None
-        raise
+        reason = _client_error(cause) if isinstance(cause, ClientError) else str(exc)
+        raise BatchError(f"cannot write {location}: {reason}") from None
 
 
 def _split_s3(url: str) -> tuple[str, str]:

@@ -1,5 +1,10 @@
 """Experiment tracking and the model registry (MLflow), and loading registered models to serve.
 
+    python -m ride_duration.registry [--retrain] [--load SPEC]
+
+makes sure MODEL_NAME@MODEL_ALIAS names a trained random forest (training and registering
+one if not, or always with --retrain), or loads a model to check it.
+
 Settings (environment variables, defaults in brackets):
     MODEL_NAME [ride-duration]        the registered model's name
     MODEL_ALIAS [production]          the alias that serving follows
@@ -7,6 +12,8 @@ Settings (environment variables, defaults in brackets):
     MLFLOW_TRACKING_URI               the tracking server (ride_duration.standins sets it)
     MODEL_BUCKET [ride-duration-models], MLFLOW_EXPERIMENT_ID [found by listing]
                                       where to read a run or model id straight from S3
+    MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and _PASSWORD   for a server that
+                                      asks for them (MLflow's own variables)
 
 What one training run leaves (MLflow 3 layout on the artifact store):
     <experiment>/models/m-<model id>/artifacts/   the whole pipeline (feature step,
@@ -97,7 +104,8 @@ class RegisteredModel:
     @property
     def compact_uri(self) -> str:
         """The compact serving export, readable with boto3 alone."""
-        return self.artifact_uri.split("/models/")[0] + f"/{self.run_id}/artifacts/{COMPACT_ARTIFACT}"
+        experiment_root = self.artifact_uri.rsplit("/models/", 1)[0]
+        return f"{experiment_root}/{self.run_id}/artifacts/{COMPACT_ARTIFACT}"
 
     @property
     def uri(self) -> str:
@@ -122,6 +130,10 @@ def train_and_register(train_month: str = "green:2021-01", valid_month: str = "g
     from ride_duration.train import FOREST_PARAMS, TARGET, parse_month, rmse
 
     name, alias = name or model_name(), alias or model_alias()
+    mlflow = _mlflow()
+    import mlflow.sklearn
+
+    client = _client()  # before the fit: a missing server should not cost a minute of training
     if data is None:
         from ride_duration.data import read_trips
 
@@ -134,10 +146,6 @@ def train_and_register(train_month: str = "green:2021-01", valid_month: str = "g
     fit_seconds = time.perf_counter() - started
     score = rmse(valid_df[TARGET], pipeline.predict(valid_df))
 
-    mlflow = _mlflow()
-    import mlflow.sklearn
-
-    client = _client()
     with _quiet(), tempfile.TemporaryDirectory() as tmp:
         experiment_id = _experiment_id(client, experiment_name())
         with mlflow.start_run(experiment_id=experiment_id) as run:
@@ -494,3 +502,42 @@ def _artifacts_exist(artifact_uri: str, path: str) -> bool:
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+# ---- command line ----------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """python -m ride_duration.registry [--retrain] [--load SPEC]"""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m ride_duration.registry",
+        description="Make sure MODEL_NAME@MODEL_ALIAS names a trained random forest (train and register "
+                    "one if not), or load a model to check it. Needs MLFLOW_TRACKING_URI: "
+                    "`source .standins/env` after `make standins-up`, or your own server.")
+    parser.add_argument("--retrain", action="store_true", help="train and register a new version even if the alias resolves")
+    parser.add_argument("--load", metavar="SPEC", help="load this model (URI, run id or model id) and print its version")
+    args = parser.parse_args(argv)
+    try:
+        if args.load:
+            started = time.perf_counter()
+            model = load_model(args.load)
+            print(f"{args.load}: run {model.version}, loaded in {time.perf_counter() - started:.1f} s")
+            return 0
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            print("error: MLFLOW_TRACKING_URI is not set: `source .standins/env` (after `make standins-up`) "
+                  "or point it at your tracking server", file=sys.stderr)
+            return 1
+        registered = train_and_register() if args.retrain else ensure_registered_model()
+    except ModelNotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    how = f"trained in {registered.fit_seconds:.0f} s" if registered.fit_seconds is not None else "already registered"
+    print(f"models:/{model_name()}@{model_alias()} = version {registered.version} ({how}), "
+          f"run {registered.run_id}, validation RMSE {registered.rmse:.4f}")
+    print(f"model: {registered.artifact_uri}\nserving export: {registered.compact_uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

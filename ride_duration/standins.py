@@ -267,10 +267,19 @@ def _read_pid(s: Settings, service: str) -> int | None:
         return None
 
 
-def _running(s: Settings, service: str) -> bool:
+def _running(s: Settings, service: str, patience: float = 10.0) -> bool:
+    """Whether our recorded server is alive and answers. A live one gets `patience` seconds to
+    answer: on a busy machine a slow answer must not get moto restarted (and its data lost)."""
     pid = _read_pid(s, service)
+    if not (pid and group_members(pid)):
+        return False
     answers = _moto_answers if service == "moto" else _mlflow_answers
-    return bool(pid and group_members(pid)) and answers(s)
+    deadline = time.monotonic() + patience
+    while not answers(s):
+        if time.monotonic() > deadline or not group_members(pid):
+            return False
+        time.sleep(0.5)
+    return True
 
 
 def _refuse_foreign(s: Settings, service: str, url: str) -> None:

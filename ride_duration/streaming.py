@@ -12,8 +12,9 @@ MODEL_LOCATION [unset]                         an s3://bucket/key.npz or a local
 RUN_ID, MLFLOW_EXPERIMENT_ID, MODEL_BUCKET [ride-duration-models]
                                                else: the MLflow run's compact/model.npz on S3
 TEST_RUN [False]                               predict but write nothing
-MALFORMED_RECORDS [reject]                     reject: log, list under "rejected", never retry;
-                                               report: also return them in batchItemFailures
+MALFORMED_RECORDS [report]                     report: log, list under "rejected" and return
+                                               in batchItemFailures (Lambda's contract);
+                                               reject: log and list only, never re-delivered
 PUT_RECORDS_MAX_ATTEMPTS [5]                   PutRecords attempts before a prediction counts
                                                as undelivered
 
@@ -22,10 +23,16 @@ the lowest reported sequence number on):
 - A prediction that PutRecords still refuses after the retries is *undelivered*: its record
   goes into batchItemFailures, so Lambda retries it (the records behind it are predicted
   again: at-least-once, as Kinesis always is).
-- A malformed record can never succeed, so by default it is rejected, not retried: logged
-  with its reason and listed under "rejected". Reporting it (MALFORMED_RECORDS=report) makes
-  Lambda re-deliver it and every valid record behind it until the retries run out, writing
-  those predictions again each time.
+- A malformed record (not base64 or JSON, a missing or bad field) does not stop the others:
+  by default it is logged with its reason, listed under "rejected" AND returned in
+  batchItemFailures with its sequence number, as the ReportBatchItemFailures contract asks.
+  It can never succeed, though, so Lambda re-delivers it and every valid record behind it
+  until the mapping's MaximumRetryAttempts run out (the on-failure destination, if any, then
+  gets the batch's description), and those valid rides are predicted and written again
+  each time: at-least-once.
+- MALFORMED_RECORDS=reject is the opt-in for deployments that want each valid ride predicted
+  exactly once: the malformed record is still logged and listed under "rejected", but not
+  returned in batchItemFailures, so Lambda never re-delivers the valid records behind it.
 
 Only numpy, boto3 and the package's light modules are imported here: this is the Lambda's
 cold start.
@@ -242,11 +249,12 @@ class PredictionService:
     Args:
         model: anything with `.predict(list_of_rides)` and `.version` (a CompactModel).
         writer: a KinesisWriter, or None to write nothing (TEST_RUN).
-        report_malformed: also return malformed records in batchItemFailures (see the
-            module's failure policy).
+        report_malformed: return malformed records in batchItemFailures too (the default,
+            Lambda's contract); False keeps them out, so that Lambda never re-delivers the
+            valid records behind them (MALFORMED_RECORDS=reject; see the module's failure policy).
     """
 
-    def __init__(self, model, writer: KinesisWriter | None = None, report_malformed: bool = False):
+    def __init__(self, model, writer: KinesisWriter | None = None, report_malformed: bool = True):
         self.model, self.writer, self.report_malformed = model, writer, report_malformed
 
     def handle(self, event: dict) -> dict:
@@ -284,9 +292,9 @@ def service_from_env() -> PredictionService:
 
     model = load_compact(model_location())
     writer = None if is_test_run() else KinesisWriter(predictions_stream())
-    policy = os.environ.get("MALFORMED_RECORDS", "reject").strip().lower()
+    policy = os.environ.get("MALFORMED_RECORDS", "report").strip().lower()
     if policy not in ("reject", "report"):
-        raise ValueError(f"MALFORMED_RECORDS must be reject or report, got {policy!r}")
+        raise ValueError(f"MALFORMED_RECORDS must be report or reject, got {policy!r}")
     return PredictionService(model, writer, report_malformed=policy == "report")
 
 

@@ -2,7 +2,10 @@
 
 Configured by environment variables (see ride_duration.streaming): the model comes from
 MODEL_LOCATION, or from RUN_ID + MLFLOW_EXPERIMENT_ID + MODEL_BUCKET; predictions go to
-PREDICTIONS_STREAM_NAME [ride_predictions]; TEST_RUN=True writes nothing.
+PREDICTIONS_STREAM_NAME [ride_predictions]; TEST_RUN=True writes nothing. A malformed record
+is logged, listed under "rejected" and returned in batchItemFailures (MALFORMED_RECORDS
+[report], Lambda's contract); MALFORMED_RECORDS=reject keeps it out of batchItemFailures, so
+that Lambda never re-delivers the valid records behind it.
 
 The model is loaded here, at import: Lambda runs that once per container, in its init
 phase, and every invocation reuses it. Only numpy and boto3 are imported (no scikit-learn,
@@ -18,6 +21,7 @@ def lambda_handler(event, context):
 
     Returns {"predictions": [...], "batchItemFailures": [{"itemIdentifier": seq}, ...],
     "rejected": [{"itemIdentifier": seq, "reason": ...}, ...]}; Lambda reads only
-    batchItemFailures (ReportBatchItemFailures must be on in the event-source mapping).
+    batchItemFailures (ReportBatchItemFailures must be on in the event-source mapping): the
+    undelivered predictions' records and, unless MALFORMED_RECORDS=reject, the malformed ones.
     """
     return SERVICE.handle(event)

@@ -326,6 +326,9 @@ def test_cli_errors_are_one_line_with_a_nonzero_exit(model_npz, output, tmp_path
                           "cannot load the model")
     assert_one_line_error(capsys, score.main(["--taxi-type", "green", "--year", "2021", "--month", "13",
                                               "--model", str(model_npz)]), "month must be 1..12")
+    assert_one_line_error(capsys, score.main(["--taxi-type", "green", *month, "--model", str(model_npz),
+                                              "--input", str(tmp_path / "nothing.parquet")]),
+                          "no trip file at", "nothing.parquet")
     # A month that is neither cached, mirrored nor downloadable (the server refuses at once).
     monkeypatch.setenv("RIDE_DURATION_DATA", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("TLC_BASE_URL", "http://127.0.0.1:9")
@@ -468,3 +471,10 @@ def test_progress_shows_on_a_terminal_only(model_npz, output, monkeypatch):
         monkeypatch.setattr(sys, "stderr", stream)
         batch.score_month("green", 2021, 2, model_npz, output, rows=SMALL_CHUNK, progress=None)
         assert ("green 2021-02: 100%" in stream.getvalue()) is shown, stream.getvalue()
+
+
+def test_an_unwritable_output_is_one_clear_error(model_npz, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(batch.BatchError, match="cannot write"):
+        batch.score_month("green", 2021, 2, model_npz, blocker / "output", progress=False)

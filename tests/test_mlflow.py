@@ -213,10 +213,12 @@ def test_a_wrong_model_stops_the_service_at_start_with_a_message(registered, env
     assert "Traceback" not in result.stderr
 
 
-def test_gunicorn_stops_instead_of_restarting_a_worker_without_model(registered):
+def test_under_gunicorn_a_wrong_model_stops_the_start_with_one_line(registered):
+    """With --preload (as in the Dockerfile) the master loads the model: exit 3, no traceback."""
     with pytest.raises(ServiceFailed, match="exited with status 3") as failure:
-        serve_in_background(SERVICE_DIR, env={"RUN_ID": "0" * 32}, timeout=60)
-    assert f"no run {'0' * 32}" in str(failure.value)
+        serve_in_background(SERVICE_DIR, env={"RUN_ID": "0" * 32}, args=("--preload",), timeout=60)
+    assert str(failure.value).count(f"web-service-mlflow cannot start: no run {'0' * 32}") == 1
+    assert "Traceback" not in str(failure.value)
 
 
 def test_down_leaves_no_process_and_a_fresh_moto_starts_a_fresh_registry(stand_ins):

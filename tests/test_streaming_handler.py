@@ -80,12 +80,14 @@ def _mixed_event():
     return {"Records": records}, valid, bad
 
 
-@pytest.mark.parametrize("policy", ["reject", "report"])
+@pytest.mark.parametrize("policy", [None, "report", "reject"], ids=["default", "report", "reject"])
 def test_each_malformed_kind_is_rejected_and_the_valid_rides_are_written(monkeypatch, aws_endpoint, model_npz,
                                                                          compact_linear, caplog, policy):
+    """By default (no MALFORMED_RECORDS) every malformed kind is in batchItemFailures with its
+    sequence number, Lambda's contract; MALFORMED_RECORDS=reject keeps them out of it."""
     stream = _stream(unique("mixed"))
-    handler = load_lambda(monkeypatch, MODEL_LOCATION=model_npz, PREDICTIONS_STREAM_NAME=stream,
-                          MALFORMED_RECORDS=policy).lambda_handler
+    env = {} if policy is None else {"MALFORMED_RECORDS": policy}
+    handler = load_lambda(monkeypatch, MODEL_LOCATION=model_npz, PREDICTIONS_STREAM_NAME=stream, **env).lambda_handler
     event, valid, bad = _mixed_event()
     with caplog.at_level(logging.WARNING, logger="ride_duration.streaming"):
         result = handler(event, None)
@@ -99,7 +101,7 @@ def test_each_malformed_kind_is_rejected_and_the_valid_rides_are_written(monkeyp
         assert MALFORMED[kind][1] in rejected[sequence_number], kind
         assert any(sequence_number in m and rejected[sequence_number] in m for m in caplog.messages), kind
     failures = [f["itemIdentifier"] for f in result["batchItemFailures"]]
-    assert failures == (list(bad) if policy == "report" else [])
+    assert failures == ([] if policy == "reject" else list(bad))
 
 
 class FailingFor:
@@ -119,15 +121,18 @@ class FailingFor:
         return {"FailedRecordCount": sum("ErrorCode" in r for r in results), "Records": results}
 
 
-def test_undelivered_predictions_are_reported_for_lambda_to_retry(compact_linear, caplog):
+@pytest.mark.parametrize("report_malformed, expected", [(True, ["002", "009", "004"]), (False, ["002", "004"])],
+                         ids=["default", "reject"])
+def test_undelivered_predictions_are_reported_for_lambda_to_retry(compact_linear, caplog, report_malformed, expected):
+    """Under either malformed-record policy; the bad record 009 too by default, in batch order."""
     client = FailingFor(refused=[2, 4])
     writer = streaming.KinesisWriter("predictions", client=client, max_attempts=3, sleep=lambda s: None)
-    service = streaming.PredictionService(compact_linear, writer)
+    service = streaming.PredictionService(compact_linear, writer, report_malformed=report_malformed)
     rides = [ride_record(COURSE_RIDE, ride_id, f"{ride_id:03d}") for ride_id in range(1, 6)]
     event = {"Records": rides[:2] + [record("bad", "009")] + rides[2:]}
     with caplog.at_level(logging.ERROR, logger="ride_duration.streaming"):
         result = service.handle(event)
-    assert [f["itemIdentifier"] for f in result["batchItemFailures"]] == ["002", "004"]
+    assert [f["itemIdentifier"] for f in result["batchItemFailures"]] == expected
     assert sorted(p["prediction"]["ride_id"] for p in client.written) == [1, 3, 5]
     assert len(result["predictions"]) == 5
     assert sum("undelivered" in m for m in caplog.messages) == 2

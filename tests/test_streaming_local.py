@@ -104,7 +104,9 @@ def _malformed_payloads(count, seed):
 def test_end_to_end_ten_thousand_events_one_prediction_per_valid_ride(monkeypatch, trips, model_on_s3, compact_linear):
     events, predictions = unique("ride-events"), unique("ride-predictions")
     streaming.ensure_streams([events, predictions])
-    lam = load_lambda(monkeypatch, MODEL_LOCATION=model_on_s3, PREDICTIONS_STREAM_NAME=predictions)
+    # reject: a reported malformed record would make Lambda re-deliver the valid rides behind it.
+    lam = load_lambda(monkeypatch, MODEL_LOCATION=model_on_s3, PREDICTIONS_STREAM_NAME=predictions,
+                      MALFORMED_RECORDS="reject")
     frame = trips[1].head(9_000)
     rides = frame[["PULocationID", "DOLocationID", "trip_distance"]].to_dict("records")
     ride_ids = [f"2021-02-{i}" for i in frame.index]
@@ -139,7 +141,8 @@ def test_end_to_end_ten_thousand_events_one_prediction_per_valid_ride(monkeypatc
 
 
 def test_reporting_malformed_records_makes_lambda_predict_the_rest_again(monkeypatch, model_on_s3):
-    """Why MALFORMED_RECORDS defaults to reject: a reported record is retried with all behind it."""
+    """Why MALFORMED_RECORDS=reject exists: under report, the default, a malformed record is
+    retried with every valid record behind it, whose predictions are written again each time."""
     events, predictions = unique("ride-events"), unique("ride-predictions")
     streaming.ensure_streams([events, predictions])
     lam = load_lambda(monkeypatch, MODEL_LOCATION=model_on_s3, PREDICTIONS_STREAM_NAME=predictions,

@@ -65,7 +65,8 @@ def test_test_docker_posts_the_event_to_the_emulator_url(monkeypatch, model_npz)
 def test_run_loop_puts_drives_and_reads_back(monkeypatch, aws_endpoint, model_npz):
     monkeypatch.setenv("RIDE_EVENTS_STREAM_NAME", unique("loop-events"))
     monkeypatch.setenv("PREDICTIONS_STREAM_NAME", unique("loop-predictions"))
-    handler = load_lambda(monkeypatch, MODEL_LOCATION=model_npz).lambda_handler
+    # reject: the bad record must not make the mapping re-deliver (and re-predict) the rides behind it.
+    handler = load_lambda(monkeypatch, MODEL_LOCATION=model_npz, MALFORMED_RECORDS="reject").lambda_handler
     rides = [{"PULocationID": 1 + i % 265, "DOLocationID": 2, "trip_distance": 1.5} for i in range(250)]
     entries = streaming.ride_entries(rides, list(range(250)))
     entries[100:100] = [{"Data": b"{}", "PartitionKey": "bad"}]

@@ -13,9 +13,11 @@ AWS settings come from the usual variables (AWS_ENDPOINT_URL for a stand-in; uns
 The HTTP contract is web-service's (ride_duration.service); model_version in every answer is
 the run id of the run that trained the model, whichever way it was loaded.
 
-A missing or wrong model stops the service at start-up: one line on stderr, exit status 3
-(gunicorn's "worker failed to boot", so gunicorn stops instead of restarting the worker).
-With --preload the model is loaded once, before the workers fork.
+With --preload (as in the Dockerfile) the model is loaded once, in gunicorn's master, before
+the workers fork. A missing or wrong model then stops the service at start-up with one line
+on stderr and exit status 3. (Without --preload every worker loads the model; gunicorn still
+stops, since 3 is its "worker failed to boot" status, but two failing workers can race and
+leave a traceback.)
 """
 import os
 import sys
@@ -38,7 +40,6 @@ def model_spec(env=os.environ) -> str:
 
 
 def load_model():
-    spec = None
     try:
         spec = model_spec()
         return registry.load_model(spec)
