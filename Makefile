@@ -44,11 +44,11 @@ standins-status: $(READY)
 	$(PY) -m ride_duration.standins status
 
 register: standins-up
-	$(PY) -m ride_duration.registry
+	. .standins/env && $(PY) -m ride_duration.registry
 
 serve-mlflow: register
 	. .standins/env && cd web-service-mlflow && MODEL_URI=models:/ride-duration@production \
-		../$(VENV)/bin/gunicorn --config python:ride_duration.gunicorn_conf predict:app
+		../$(VENV)/bin/gunicorn --config python:ride_duration.gunicorn_conf --preload predict:app
 
 stream: register
 	. .standins/env && $(PY) streaming/run_local.py

@@ -73,7 +73,8 @@ def main() -> None:
 
         with stage("5 web service from MLflow") as s:
             uri = f"models:/{registry.model_name()}@{registry.model_alias()}"
-            with background.serve_in_background(REPO / "web-service-mlflow", env={"MODEL_URI": uri}, timeout=120) as service:
+            with background.serve_in_background(REPO / "web-service-mlflow", env={"MODEL_URI": uri},
+                                              args=("--preload",)) as service:
                 answers = post(service.predict_url, SAMPLE_RIDES)
             s["figure"] = f"{uri} (run {answers[0]['model_version'][:8]}...) answered {rides_line(answers)}"
 
