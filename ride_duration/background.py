@@ -41,8 +41,9 @@ def free_port() -> int:
 class Service:
     """A gunicorn process group serving one app on loopback."""
 
-    def __init__(self, command: list[str], env: dict, port: int, log_path: Path):
+    def __init__(self, command: list[str], env: dict, port: int, log_path: Path, temporary_log: bool = False):
         self.command, self.port, self.log_path = command, port, log_path
+        self.temporary_log = temporary_log  # removed by stop()
         self.url = f"http://{LOOPBACK}:{port}"
         self.predict_url, self.health_url = f"{self.url}/predict", f"{self.url}/health"
         with open(log_path, "ab") as log:
@@ -60,8 +61,9 @@ class Service:
             if health:
                 return health
             time.sleep(0.05)
+        tail = self.log_tail()
         self.stop()
-        raise ServiceFailed(f"no answer from {self.health_url} within {timeout:g} s:\n{self.log_tail()}")
+        raise ServiceFailed(f"no answer from {self.health_url} within {timeout:g} s:\n{tail}")
 
     def running(self) -> bool:
         """Whether any process of the service (master or worker) is still alive."""
@@ -88,6 +90,8 @@ class Service:
         except ProcessLookupError:
             pass
         self.process.wait()
+        if self.temporary_log:
+            self.log_path.unlink(missing_ok=True)
         # A worker the master killed without reaping lingers as a zombie until init reaps it.
         deadline = time.monotonic() + 5
         while self.running() and time.monotonic() < deadline:
@@ -131,18 +135,22 @@ def serve_in_background(app_dir: str | Path, env: dict | None = None, port: int 
     Returns:
         The running Service: use it as a context manager, or call .stop().
     """
-    log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="gunicorn-", suffix=".log")[1])
+    temporary_log = log_path is None
+    if temporary_log:
+        fd, log_path = tempfile.mkstemp(prefix="gunicorn-", suffix=".log")
+        os.close(fd)
+    log_path = Path(log_path)
     environment = {**os.environ, **(env or {})}
     for attempt in range(3):  # a free port can be taken by someone else before gunicorn binds it
         bind_port = port or free_port()
         command = [python or sys.executable, "-m", "gunicorn", "--chdir", str(Path(app_dir).resolve())]
         command += ["--config", config] if config else ["--no-control-socket"]
         command += ["--bind", f"{LOOPBACK}:{bind_port}", *args, app]
-        service = Service(command, environment, bind_port, log_path)
+        service = Service(command, environment, bind_port, log_path, temporary_log)
         try:
             service.wait_healthy(timeout)
             return service
-        except ServiceFailed as exc:
+        except ServiceFailed as exc:  # its message already holds the log's end
             service.stop()
             if port or "Address already in use" not in str(exc) or attempt == 2:
                 raise

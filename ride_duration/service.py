@@ -130,8 +130,8 @@ def read_request_body(environ: dict, max_bytes: int) -> bytes | None:
     Reads the WSGI input directly (werkzeug's stream wrappers cost more than the model): up
     to Content-Length, or for a chunked body, which the server terminates, up to one byte
     past the limit. A refused body announced by Content-Length is read and dropped when
-    under DISCARD_LIMIT, for the keep-alive reason above; a longer one is left to gunicorn,
-    which drains a bounded part and closes the connection.
+    under DISCARD_LIMIT, so that gunicorn has nothing to drain (see create_app); a longer
+    one is left to gunicorn, which drains a bounded part and closes the connection.
     """
     stream = environ["wsgi.input"]
     length = environ.get("CONTENT_LENGTH")
@@ -140,6 +140,8 @@ def read_request_body(environ: dict, max_bytes: int) -> bytes | None:
             length = int(length)
         except ValueError:
             return b""  # gunicorn refuses such a header before the app sees it
+        if length < 0:
+            return b""
         if length <= max_bytes:
             return stream.read(length)
         if length <= DISCARD_LIMIT:

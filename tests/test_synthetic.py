@@ -58,3 +58,12 @@ def test_same_seed_same_month(real):
     measured = synthetic.profile(real)
     pd.testing.assert_frame_equal(synthetic.generate(5_000, seed=3, measured=measured),
                                   synthetic.generate(5_000, seed=3, measured=measured))
+
+
+def test_cli_writes_a_labelled_month(tmp_path, capsys):
+    target = tmp_path / "synthetic.parquet"
+    synthetic.main(["--rows", "2000", "--taxi-type", "yellow", "--year", "2021", "--month", "3", "--output", str(target)])
+    assert "SYNTHETIC month: 2,000 rows" in capsys.readouterr().out
+    frame = pd.read_parquet(target)
+    assert synthetic.is_synthetic(target) and len(frame) == 2_000
+    assert frame.tpep_pickup_datetime.dt.month.eq(3).all()
