@@ -64,6 +64,8 @@ diagrams: $(READY)
 	$(PY) imgs/make_diagrams.py
 
 bench: $(READY)
+	command -v wrk > /dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
+		|| echo "wrk unavailable: the web benchmark falls back to its Python load generator"
 	$(PY) benchmarks/web_service.py
 	$(PY) benchmarks/streaming.py
 	$(PY) benchmarks/batch.py

@@ -147,6 +147,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.loadgen == "auto":
         args.loadgen = "wrk" if shutil.which("wrk") else "python"
+    needed = [] if "c" in args.skip else [args.pipeline]
+    model_given = args.url or "a" in args.skip or any(item.startswith("MODEL_PATH=") for item in args.env)
+    if not model_given and args.app_dir.resolve() == (REPO / "web-service").resolve():
+        needed.append(args.model)
+    missing = [str(path) for path in needed if not path.is_file()]
+    if missing:
+        print(f"missing {', '.join(missing)}: train the model first (make train)", file=sys.stderr)
+        return 2
     env = dict(item.split("=", 1) for item in args.env)
     env.setdefault("MODEL_PATH", str(args.model.resolve()))
     extra = tuple(args.gunicorn_arg)
@@ -202,7 +210,8 @@ def report(rounds: dict[str, list[Measure]]) -> None:
     """Each service's median round, then the ratios: the median over rounds of a/b and a/c
     measured back to back, which other load on the machine disturbs least."""
     results = {key: median_of(runs) for key, runs in rounds.items()}
-    print(f"{'service (median round)':36} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'server CPU/req':>15}")
+    print(f"{'service (median round)':36} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
+          f"{'server CPU/req':>15}")
     for m in results.values():
         print(f"{m.name:36} {m.rps:8,.0f} {m.p50_ms:7.2f} {m.p99_ms:7.2f} {m.errors:6d} {m.cpu_us:12.0f} us")
     if "a" not in rounds:

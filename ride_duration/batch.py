@@ -535,12 +535,3 @@ def backfill(taxi_type: str, start: tuple[int, int], end: tuple[int, int], model
         outcome[year, month] = result
         log(f"{label} scored: {result}")
     return outcome
-
-
-# ---- demo -------------------------------------------------------------------------------
-def demo(model=None, output: str | Path | None = None) -> ScoreResult:
-    """Score green 2021-02 and print one line: where, how many rides, mean predicted duration."""
-    result = score_month("green", 2021, 2, model, output, progress=False)
-    print(f"batch: {result.rows_scored:,} rides scored, mean predicted duration "
-          f"{result.mean_predicted_duration:.2f} min -> {result.location}")
-    return result

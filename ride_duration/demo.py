@@ -7,20 +7,14 @@ run. Everything it starts it stops, so it can run again at once.
 """
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 from ride_duration import config
+from ride_duration.webservice import SAMPLE_RIDES, post
 
 REPO = config.REPO_ROOT
-SAMPLE_RIDES = [
-    {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66},
-    {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40},
-    {"PULocationID": 74, "DOLocationID": 75, "trip_distance": 0.9},
-]
 summary: list[tuple[str, str, float]] = []
 
 
@@ -33,12 +27,6 @@ def stage(name: str):
     seconds = time.perf_counter() - started
     summary.append((name, record["figure"], seconds))
     print(f"[{name}] {record['figure']} ({seconds:.1f} s)", flush=True)
-
-
-def post(url: str, payload) -> object:
-    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
 
 
 def rides_line(answers) -> str:
@@ -57,7 +45,7 @@ def main() -> None:
 
     with stage("2 web service") as s:
         with background.serve_in_background(REPO / "web-service", env={"MODEL_PATH": str(npz)}) as service:
-            answers = post(service.predict_url, SAMPLE_RIDES)
+            _, answers = post(service.predict_url, SAMPLE_RIDES)
         s["figure"] = f"gunicorn answered {rides_line(answers)}"
 
     try:
@@ -75,11 +63,11 @@ def main() -> None:
             uri = f"models:/{registry.model_name()}@{registry.model_alias()}"
             with background.serve_in_background(REPO / "web-service-mlflow", env={"MODEL_URI": uri},
                                               args=("--preload",)) as service:
-                answers = post(service.predict_url, SAMPLE_RIDES)
+                _, answers = post(service.predict_url, SAMPLE_RIDES)
             s["figure"] = f"{uri} (run {answers[0]['model_version'][:8]}...) answered {rides_line(answers)}"
 
         with stage("6 streaming") as s:
-            s["figure"] = streaming_demo.demo(300).removeprefix("streaming: ")
+            s["figure"] = streaming_demo.demo(300)
 
         with stage("7 batch") as s:
             scored = batch.score_month("green", 2021, 2, model.run_id, progress=False)

@@ -24,7 +24,7 @@ def registered_model_location() -> str:
 
 
 def demo(n_rides: int = 300) -> str:
-    """Stream `n_rides` real rides through the handler on the stand-ins; one line of summary."""
+    """Stream `n_rides` real rides through the handler on the stand-ins; returns a one-line summary."""
     from ride_duration import standins, streaming
     from ride_duration.models import load_compact
 
@@ -35,7 +35,5 @@ def demo(n_rides: int = 300) -> str:
     result = streaming.run_loop(lambda event, context: service.handle(event), streaming.ride_entries(rides, ride_ids))
     by_id = {p["prediction"]["ride_id"]: p["prediction"]["ride_duration"] for p in result.predictions}
     examples = ", ".join(f"{i}: {by_id[i]:.1f} min" for i in ride_ids[:3] if i in by_id)
-    line = (f"streaming: {len(by_id)}/{n_rides} rides predicted via Kinesis + handler on the stand-ins "
+    return (f"{len(by_id)}/{n_rides} rides predicted via Kinesis + handler on the stand-ins "
             f"in {result.invocations} batches ({examples})")
-    print(line)
-    return line

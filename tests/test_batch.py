@@ -412,15 +412,6 @@ def test_months_cross_the_year():
         batch.parse_year_month("2021-13")
 
 
-def test_demo_prints_one_line(model_npz, output, capsys):
-    result = batch.demo(model_npz, output)
-    out = capsys.readouterr().out
-    assert out.count("\n") == 1
-    assert f"{result.rows_scored:,} rides" in out and result.location in out
-    assert f"{result.mean_predicted_duration:.2f} min" in out
-
-
-# ---- what the job needs ----------------------------------------------------------------
 def test_scoring_an_npz_model_imports_neither_sklearn_nor_mlflow(model_npz, output):
     code = ("import sys; from ride_duration import batch; "
             "batch.score_month('green', 2021, 2, sys.argv[1], sys.argv[2], progress=False); "

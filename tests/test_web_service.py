@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -50,9 +51,9 @@ def validation_rides(trips):
 
 def post(url: str, body: bytes, *, method: str = "POST", content_type: str = "application/json",
          connection: http.client.HTTPConnection | None = None) -> tuple[int, bytes]:
-    host, port = url.split("//")[1].split("/")[0].split(":")
-    path = "/" + url.split("//")[1].split("/", 1)[1]
-    conn = connection or http.client.HTTPConnection(host, int(port), timeout=10)
+    parts = urlsplit(url)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    conn = connection or http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
     headers = {"Content-Type": content_type} if content_type else {}
     conn.request(method, path, body=body, headers=headers)
     response = conn.getresponse()
