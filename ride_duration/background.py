@@ -99,7 +99,7 @@ class Service:
         atexit.unregister(self.stop)
         return self.process.returncode
 
-    def log_tail(self, lines: int = 30) -> str:
+    def log_tail(self, lines: int = 200) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
