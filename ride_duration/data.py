@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,14 +129,6 @@ def _download(url: str, target: Path) -> None:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-
-
-def copy_into_cache(path: Path) -> Path:
-    """Put a file into the cache under its own name (used by tests and offline set-ups)."""
-    target = config.data_dir() / path.name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, target)
-    return _verified(target)
 
 
 @dataclass
