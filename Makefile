@@ -47,7 +47,7 @@ register: standins-up
 	. .standins/env && $(PY) -m ride_duration.registry
 
 serve-mlflow: register
-	. .standins/env && cd web-service-mlflow && MODEL_URI=models:/ride-duration@production \
+	. .standins/env && cd web-service-mlflow && \
 		../$(VENV)/bin/gunicorn --config python:ride_duration.gunicorn_conf --preload predict:app
 
 stream: register
@@ -70,5 +70,6 @@ bench: $(READY)
 	$(PY) benchmarks/streaming.py
 	$(PY) benchmarks/batch.py
 
-clean: standins-down
+clean:
+	test -x $(PY) && $(PY) -m ride_duration.standins down || true
 	rm -rf $(VENV) models output .standins

@@ -395,7 +395,7 @@ def spark_session():
     if master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # no hostname lookup, no warning
     _quiet_pyspark()
-    from pyspark.sql import SparkSession
+    SparkSession = _spark_session_class()
 
     session = (SparkSession.builder.appName("ride-duration-batch")
                .master(master)
@@ -421,13 +421,21 @@ def _quiet_pyspark() -> None:
     warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas", FutureWarning)
 
 
+def _spark_session_class():
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise BatchError("--engine spark needs PySpark: pip install pyspark (pinned in requirements.lock)") from None
+    return SparkSession
+
+
 @contextmanager
 def _spark_for(spark=None):
     """The given session, else the active one, else a new one that is stopped afterwards."""
     if spark is not None:
         yield spark
         return
-    from pyspark.sql import SparkSession
+    SparkSession = _spark_session_class()
 
     active = SparkSession.getActiveSession()
     if active is not None:

@@ -50,7 +50,7 @@ def _check_month(taxi_type: str, year: int, month: int) -> None:
     if (year, month) < first or (year, month) > (today.year, today.month):
         raise DataError(
             f"the TLC never published {taxi_type} trips for {year:04d}-{month:02d}: "
-            f"{taxi_type} files run from {first[0]:04d}-{first[1]:02d} to about two months ago"
+            f"{taxi_type} files start at {first[0]:04d}-{first[1]:02d} and end a month or two before today"
         )
 
 
@@ -126,6 +126,10 @@ def _download(url: str, target: Path) -> None:
                     bar.update(len(chunk))
             _verified(Path(tmp), target.name)
             os.replace(tmp, target)
+        except requests.RequestException as exc:
+            Path(tmp).unlink(missing_ok=True)
+            raise DataError(f"downloading {url} broke off ({exc.__class__.__name__}): try again, "
+                            "or set TLC_MIRROR") from None
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

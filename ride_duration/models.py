@@ -15,33 +15,41 @@ class ModelNotFound(Exception):
     """No model at the given location; the message names the location."""
 
 
+class ModelStoreUnavailable(ModelNotFound):
+    """The tracking server or S3 does not answer: the model may exist, but cannot be read."""
+
+
 def load_compact(location: str | Path) -> CompactModel:
     """A CompactModel from a local .npz/.pkl file or an s3://bucket/key.npz object."""
     location = str(location)
     if location.startswith("s3://"):
-        return CompactModel.from_bytes(read_s3(location))
-    path = Path(location)
-    if not path.is_file():
-        raise ModelNotFound(f"no model file at {path}: train one with `make train` (or set MODEL_PATH)")
-    if path.suffix == ".npz":
-        return CompactModel.load(path)
-    # A pickled scikit-learn pipeline (this imports scikit-learn): exported on the fly.
-    blob = path.read_bytes()
-    return CompactModel.from_pipeline(pickle.loads(blob), version=file_version(path.stem, blob))
+        blob = read_s3(location)
+    else:
+        path = Path(location)
+        if not path.is_file():
+            raise ModelNotFound(f"no model file at {path}: train one with `make train` (or set MODEL_PATH)")
+        blob = path.read_bytes()
+    try:
+        if not location.endswith(".pkl"):
+            return CompactModel.from_bytes(blob)
+        # A pickled scikit-learn pipeline (this imports scikit-learn): exported on the fly.
+        return CompactModel.from_pipeline(pickle.loads(blob), version=file_version(Path(location).stem, blob))
+    except Exception as exc:  # a damaged or foreign file: whatever numpy or pickle raised
+        raise ModelNotFound(f"{location} is not a readable model ({type(exc).__name__}: {exc})") from None
 
 
 def read_s3(url: str) -> bytes:
     import boto3
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, _, key = url.removeprefix("s3://").partition("/")
     try:
         return boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
-        if code in ("NoSuchKey", "NoSuchBucket", "404", "403", "AccessDenied"):
-            raise ModelNotFound(f"no model at {url} ({code})") from None
-        raise
+        raise ModelNotFound(f"no model at {url} ({code or exc})") from None
+    except BotoCoreError as exc:  # no endpoint, no credentials, no network
+        raise ModelStoreUnavailable(f"cannot read {url} ({exc}): is S3 (or its stand-in) reachable?") from None
 
 
 def run_artifact_url(bucket: str, experiment_id: str, run_id: str, path: str = "compact/model.npz") -> str:

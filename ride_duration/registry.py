@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ride_duration.compact import CompactModel
-from ride_duration.models import ModelNotFound, load_compact, run_artifact_url
+from ride_duration.models import ModelNotFound, ModelStoreUnavailable, load_compact, run_artifact_url
 
 COMPACT_ARTIFACT = "compact/model.npz"
 MODEL_ARTIFACT = "model"  # the logged model's name: runs:/<run id>/model
@@ -66,10 +66,6 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 MODEL_ID = re.compile(r"^m-[0-9a-f]{32}$")
 SPEC_HELP = ("models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<id>, runs:/<run id>/model "
              "(through the tracking server), or a model id m-<32 hex> or run id <32 hex> (read from S3)")
-
-
-class ModelStoreUnavailable(ModelNotFound):
-    """The tracking server or S3 does not answer: the model may exist, but cannot be read."""
 
 
 def model_name() -> str:
@@ -222,7 +218,7 @@ def _load_through_tracking_server(spec: str) -> CompactModel:
             artifact_uri = _rest(uri, spec, "runs/get", run_id=run_id)["run"]["info"]["artifact_uri"]
             if artifact_uri.startswith("s3://"):
                 try:
-                    return _read_compact(f"{artifact_uri}/{COMPACT_ARTIFACT}")
+                    return load_compact(f"{artifact_uri}/{COMPACT_ARTIFACT}")
                 except ModelStoreUnavailable:
                     raise
                 except ModelNotFound:
@@ -339,7 +335,7 @@ def _load_run_from_s3(run_id: str, experiment_ids: list[str] | None = None) -> C
     experiment_ids = experiment_ids or _experiment_ids_in(bucket)
     for experiment_id in experiment_ids:
         try:
-            return _read_compact(run_artifact_url(bucket, experiment_id, run_id, COMPACT_ARTIFACT))
+            return load_compact(run_artifact_url(bucket, experiment_id, run_id, COMPACT_ARTIFACT))
         except ModelStoreUnavailable:
             raise
         except ModelNotFound:
@@ -358,23 +354,16 @@ def _load_model_id_from_s3(model_id: str) -> CompactModel:
     for experiment_id in experiment_ids:
         try:
             mlmodel = read_s3(f"s3://{bucket}/{experiment_id}/models/{model_id}/artifacts/MLmodel").decode()
+        except ModelStoreUnavailable:
+            raise
         except ModelNotFound:
-            continue  # read_s3 lets S3's connection errors through; the listing above caught them
+            continue
         found = re.search(r"^run_id: *([0-9a-f]{32})\s*$", mlmodel, re.MULTILINE)
         if not found:
             raise ModelNotFound(f"the MLmodel file of {model_id} names no run: load it with models:/{model_id}")
         return _load_run_from_s3(found.group(1), [experiment_id])
     raise ModelNotFound(f"no model {model_id} in s3://{bucket}/ (experiments looked in: "
                         f"{', '.join(experiment_ids) or 'none'}): check the id, MODEL_BUCKET and MLFLOW_EXPERIMENT_ID")
-
-
-def _read_compact(url: str) -> CompactModel:
-    from botocore.exceptions import BotoCoreError
-
-    try:
-        return load_compact(url)
-    except BotoCoreError as exc:
-        raise ModelStoreUnavailable(f"cannot read {url} ({exc}): is S3 (or its stand-in) reachable?") from None
 
 
 def _experiment_ids_in(bucket: str) -> list[str]:

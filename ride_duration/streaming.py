@@ -132,8 +132,9 @@ def decode_record(record: dict) -> tuple[int | str, dict]:
     if missing:
         raise BadRecord(f"event is missing field(s): {', '.join(missing)}")
     ride_id = payload["ride_id"]
-    valid_id = (isinstance(ride_id, int) and not isinstance(ride_id, bool)) or (
-        isinstance(ride_id, str) and 0 < len(ride_id) <= MAX_PARTITION_KEY_LENGTH)
+    # The id becomes the partition key, whose length Kinesis limits.
+    valid_id = isinstance(ride_id, (int, str)) and not isinstance(ride_id, bool) and (
+        0 < len(str(ride_id)) <= MAX_PARTITION_KEY_LENGTH)
     if not valid_id:
         raise BadRecord(f"ride_id must be an integer or a string of 1 to {MAX_PARTITION_KEY_LENGTH} "
                         f"characters, got {ride_id!r:.40}")
@@ -176,7 +177,7 @@ class KinesisWriter:
                  clock: Callable[[], float] = time.monotonic):
         self.stream = stream
         self.client = client if client is not None else kinesis_client()
-        self.max_attempts = max_attempts or int(os.environ.get("PUT_RECORDS_MAX_ATTEMPTS", "5"))
+        self.max_attempts = max(1, max_attempts or int(os.environ.get("PUT_RECORDS_MAX_ATTEMPTS", "5")))
         self.base_delay, self.max_delay, self.sleep, self.clock = base_delay, max_delay, sleep, clock
         # No new attempt starts after this many seconds: the Lambda's timeout must not run out
         # in our backoff (what is left is reported, and Lambda retries it).

@@ -9,7 +9,7 @@ that Lambda never re-delivers the valid records behind it.
 
 The model is loaded here, at import: Lambda runs that once per container, in its init
 phase, and every invocation reuses it. Only numpy and boto3 are imported (no scikit-learn,
-pandas or MLflow): the cold start takes about a second and 80 MB (benchmarks/streaming.py).
+pandas or MLflow): the cold start took 0.5-0.6 s and 64-77 MB here (benchmarks/streaming.py).
 """
 from ride_duration.streaming import service_from_env
 

@@ -25,6 +25,7 @@ import time
 import boto3
 
 from ride_duration import streaming
+from ride_duration.models import ModelNotFound
 
 KINESIS_EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AWSLambdaKinesisExecutionRole"
 INLINE_POLICY_NAME = "ride-duration-stream-access"
@@ -66,7 +67,7 @@ def function_environment() -> dict[str, str]:
 def model_bucket() -> str:
     location = streaming.model_location()
     if not location.startswith("s3://"):
-        raise SystemExit(f"the function can only read its model from S3, not {location}: set MODEL_LOCATION=s3://... "
+        raise ModelNotFound(f"the function can only read its model from S3, not {location}: set MODEL_LOCATION=s3://... "
                          "or RUN_ID and MLFLOW_EXPERIMENT_ID")
     return location.removeprefix("s3://").split("/", 1)[0]
 
@@ -198,7 +199,10 @@ def main(argv=None) -> None:
     if args.action == "up":
         if not args.image_uri:
             parser.error("up needs --image-uri (or IMAGE_URI): the ECR URI of the image built from streaming/Dockerfile")
-        print(json.dumps(up(args.image_uri), indent=2))
+        try:
+            print(json.dumps(up(args.image_uri), indent=2))
+        except ModelNotFound as exc:
+            parser.error(str(exc))
     else:
         removed = down()
         print("\n".join(f"removed {what}" for what in removed) or "nothing to remove")

@@ -113,6 +113,6 @@ def snapshot_streams(module, kinesis):
 
 def test_up_refuses_a_model_the_function_cannot_read(setup_aws, monkeypatch):
     monkeypatch.setenv("MODEL_LOCATION", "models/lin_reg.npz")
-    with pytest.raises(SystemExit, match="S3"):
+    with pytest.raises(setup_aws.ModelNotFound, match="S3"):
         setup_aws.up(IMAGE.format(tag="v1"))
     assert snapshot_streams(setup_aws, boto3.client("kinesis")) == []  # it stopped before creating anything
