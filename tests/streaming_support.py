@@ -97,4 +97,7 @@ MALFORMED = {
                           "trip_distance"),
     "distance a string": (json.dumps({"ride": {**COURSE_RIDE, "trip_distance": "3.66"}, "ride_id": 1}).encode(),
                           "trip_distance"),
+    "distance too large for a float": (json.dumps({"ride": {**COURSE_RIDE, "trip_distance": 10**400}, "ride_id": 1}).encode(),
+                                       "trip_distance"),
+    "ride_id too long for a partition key": (json.dumps({"ride": COURSE_RIDE, "ride_id": 10**300}).encode(), "ride_id"),
 }

@@ -111,6 +111,8 @@ BAD_INPUT = [
      ["trip_distance", "finite"]),
     ("negative distance", {**RIDE, "trip_distance": -1.5}, 400, ["trip_distance", "between 0 and 500"]),
     ("absurd distance", {**RIDE, "trip_distance": 12_000}, 400, ["trip_distance", "between 0 and 500"]),
+    ("integer too large for a float", b'{"PULocationID": 10, "DOLocationID": 50, "trip_distance": 1' + b"0" * 400 + b"}",
+     400, ["trip_distance", "between 0 and 500"]),
     ("zone 0", {**RIDE, "PULocationID": 0}, 400, ["PULocationID", "between 1 and 265"]),
     ("zone 266", {**RIDE, "DOLocationID": 266}, 400, ["DOLocationID", "between 1 and 265"]),
     ("negative zone", {**RIDE, "DOLocationID": -3}, 400, ["DOLocationID", "between 1 and 265"]),
