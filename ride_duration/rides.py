@@ -40,15 +40,15 @@ def validate_ride(ride, where: str = "ride") -> dict:
     distance = ride["trip_distance"]
     if isinstance(distance, bool) or not isinstance(distance, (int, float)):
         raise InvalidRide(f"{where}.trip_distance must be a number of miles, got {_json_type(distance)}")
-    try:
-        distance = float(distance)  # an integer too large for a float cannot be a distance
-    except OverflowError:
-        raise InvalidRide(f"{where}.trip_distance must be between 0 and {MAX_TRIP_DISTANCE:g} miles, got a huge number") from None
-    if not math.isfinite(distance):
+    if isinstance(distance, float) and not math.isfinite(distance):
         raise InvalidRide(f"{where}.trip_distance must be finite, got {distance}")
-    if not 0 <= distance <= MAX_TRIP_DISTANCE:
+    try:
+        miles = float(distance)
+    except OverflowError:  # an integer too large for a float
+        miles, distance = math.inf, "a number too large"
+    if not 0 <= miles <= MAX_TRIP_DISTANCE:
         raise InvalidRide(f"{where}.trip_distance must be between 0 and {MAX_TRIP_DISTANCE:g} miles, got {distance}")
-    clean["trip_distance"] = distance
+    clean["trip_distance"] = miles
     return clean
 
 
