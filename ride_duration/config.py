@@ -25,6 +25,11 @@ def models_dir() -> Path:
     return Path(os.environ.get("RIDE_DURATION_MODELS", HOME / "models"))
 
 
+def model_bucket() -> str:
+    """MODEL_BUCKET [ride-duration-models]: MLflow's artifacts and the models' serving exports."""
+    return os.environ.get("MODEL_BUCKET", "ride-duration-models")
+
+
 def tlc_mirror() -> Path | None:
     mirror = os.environ.get("TLC_MIRROR")
     return Path(mirror) if mirror else None

@@ -56,6 +56,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ride_duration import config
 from ride_duration.compact import CompactModel
 from ride_duration.models import ModelNotFound, ModelStoreUnavailable, load_compact, run_artifact_url
 
@@ -81,7 +82,7 @@ def experiment_name() -> str:
 
 
 def model_bucket() -> str:
-    return os.environ.get("MODEL_BUCKET", "ride-duration-models")
+    return config.model_bucket()
 
 
 @dataclass

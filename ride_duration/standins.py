@@ -45,7 +45,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ride_duration.config import REPO_ROOT
+from ride_duration.config import REPO_ROOT, model_bucket
 
 MOTO_START_TIMEOUT = 30.0
 # The tracking server takes 10-30 s to answer on two busy cores.
@@ -95,7 +95,7 @@ def settings() -> Settings:
         host=os.environ.get("STANDINS_HOST", "127.0.0.1"),
         moto_port=int(os.environ.get("MOTO_PORT", "5001")),
         mlflow_port=int(os.environ.get("MLFLOW_PORT", "5000")),
-        bucket=os.environ.get("MODEL_BUCKET", "ride-duration-models"),
+        bucket=model_bucket(),
         directory=Path(os.environ.get("STANDINS_DIR", REPO_ROOT / ".standins")),
     )
 

@@ -49,6 +49,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from ride_duration import config
 from ride_duration.rides import InvalidRide, validate_ride
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "ride_duration_prediction_model"
 DEFAULT_RIDE_EVENTS_STREAM = "ride_events"
 DEFAULT_PREDICTIONS_STREAM = "ride_predictions"
-DEFAULT_MODEL_BUCKET = "ride-duration-models"
 # PutRecords limits: 500 records and 5 MiB a call.
 MAX_RECORDS_PER_CALL = 500
 MAX_BYTES_PER_CALL = 5 * 1024 * 1024
@@ -90,7 +90,7 @@ def model_location() -> str:
     if run_id and experiment_id:
         from ride_duration.models import run_artifact_url
 
-        return run_artifact_url(os.environ.get("MODEL_BUCKET", DEFAULT_MODEL_BUCKET), experiment_id, run_id)
+        return run_artifact_url(config.model_bucket(), experiment_id, run_id)
     from ride_duration.models import ModelNotFound
 
     raise ModelNotFound("no model configured: set MODEL_LOCATION (s3://bucket/key.npz or a local .npz), "
