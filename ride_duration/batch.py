@@ -49,7 +49,7 @@ class BatchError(Exception):
 
 
 # Errors that mean "fix the arguments or the environment", reported in one line by the CLIs.
-USER_ERRORS = (data.DataError, ModelNotFound, BatchError)
+USER_ERRORS = (data.DataError, ModelNotFound, BatchError, config.SettingError)
 
 
 # ---- settings ---------------------------------------------------------------------------
@@ -62,7 +62,7 @@ def default_model() -> str:
 
 
 def chunk_rows() -> int:
-    return int(os.environ.get("BATCH_CHUNK_ROWS", DEFAULT_CHUNK_ROWS))
+    return config.env_int("BATCH_CHUNK_ROWS", DEFAULT_CHUNK_ROWS)
 
 
 def output_schema():

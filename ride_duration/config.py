@@ -17,6 +17,24 @@ DEFAULT_TLC_BASE_URL = "https://d37ci6vzurychx.cloudfront.net"
 TAXI_TYPES = ("green", "yellow", "fhv", "fhvhv")
 
 
+class SettingError(ValueError):
+    """An environment variable holds a value its setting cannot use."""
+
+
+def env_int(name: str, default: int, minimum: int = 1) -> int:
+    """The integer setting `name`, or `default` when unset; a clear error when unusable."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
 def data_dir() -> Path:
     return Path(os.environ.get("RIDE_DURATION_DATA", HOME / "data"))
 

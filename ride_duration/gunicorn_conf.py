@@ -14,10 +14,12 @@ web-service/README.md), it served the most requests per second at 16 connections
 """
 import os
 
+from ride_duration.config import env_int
+
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '9696')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+workers = env_int("WEB_CONCURRENCY", 2)
 worker_class = "gthread"
-threads = int(os.environ.get("WEB_THREADS", "4"))
+threads = env_int("WEB_THREADS", 4)
 keepalive = 5  # seconds an idle client connection stays open
 timeout = 30  # a worker silent this long is restarted
 # On stop, time given to requests in flight (they take milliseconds). gunicorn's gthread

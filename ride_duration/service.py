@@ -18,11 +18,11 @@ MAX_REQUEST_BYTES [1048576]      largest body read (else 413); 1000 rides take a
 from __future__ import annotations
 
 import json
-import os
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
+from ride_duration import config
 from ride_duration.rides import InvalidRide, validate_ride
 
 DEFAULT_MAX_RIDES = 1000
@@ -32,11 +32,11 @@ BODY_KEY = "ride_duration.body"  # where the body read once waits in the WSGI en
 
 
 def max_rides_per_request() -> int:
-    return int(os.environ.get("MAX_RIDES_PER_REQUEST", DEFAULT_MAX_RIDES))
+    return config.env_int("MAX_RIDES_PER_REQUEST", DEFAULT_MAX_RIDES)
 
 
 def max_request_bytes() -> int:
-    return int(os.environ.get("MAX_REQUEST_BYTES", DEFAULT_MAX_BODY_BYTES))
+    return config.env_int("MAX_REQUEST_BYTES", DEFAULT_MAX_BODY_BYTES)
 
 
 def create_app(model, *, version: str | None = None, max_rides: int | None = None,

@@ -45,7 +45,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ride_duration.config import REPO_ROOT, model_bucket
+from ride_duration.config import REPO_ROOT, SettingError, env_int, model_bucket
 
 MOTO_START_TIMEOUT = 30.0
 # The tracking server takes 10-30 s to answer on two busy cores.
@@ -93,8 +93,8 @@ def settings() -> Settings:
     """The current settings, read from the environment at each call (tests change them)."""
     return Settings(
         host=os.environ.get("STANDINS_HOST", "127.0.0.1"),
-        moto_port=int(os.environ.get("MOTO_PORT", "5001")),
-        mlflow_port=int(os.environ.get("MLFLOW_PORT", "5000")),
+        moto_port=env_int("MOTO_PORT", 5001),
+        mlflow_port=env_int("MLFLOW_PORT", 5000),
         bucket=model_bucket(),
         directory=Path(os.environ.get("STANDINS_DIR", REPO_ROOT / ".standins")),
     )
@@ -341,8 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down", "status", "env"])
     parser.add_argument("--no-mlflow", action="store_true", help="up: start moto only")
     args = parser.parse_args(argv)
-    s = settings()
     try:
+        s = settings()
         if args.command == "up":
             started = time.perf_counter()
             up(with_mlflow=not args.no_mlflow)
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{service:7} {info}")
         else:
             print("".join(f"export {k}={shlex.quote(v)}\n" for k, v in environment(s).items()), end="")
-    except StandinError as exc:
+    except (StandinError, SettingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

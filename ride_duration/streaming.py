@@ -177,7 +177,7 @@ class KinesisWriter:
                  clock: Callable[[], float] = time.monotonic):
         self.stream = stream
         self.client = client if client is not None else kinesis_client()
-        self.max_attempts = max(1, max_attempts or int(os.environ.get("PUT_RECORDS_MAX_ATTEMPTS", "5")))
+        self.max_attempts = max(1, max_attempts or config.env_int("PUT_RECORDS_MAX_ATTEMPTS", 5))
         self.base_delay, self.max_delay, self.sleep, self.clock = base_delay, max_delay, sleep, clock
         # No new attempt starts after this many seconds: the Lambda's timeout must not run out
         # in our backoff (what is left is reported, and Lambda retries it).

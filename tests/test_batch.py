@@ -329,6 +329,10 @@ def test_cli_errors_are_one_line_with_a_nonzero_exit(model_npz, output, tmp_path
     assert_one_line_error(capsys, score.main(["--taxi-type", "green", *month, "--model", str(model_npz),
                                               "--input", str(tmp_path / "nothing.parquet")]),
                           "no trip file at", "nothing.parquet")
+    monkeypatch.setenv("BATCH_CHUNK_ROWS", "many")
+    assert_one_line_error(capsys, score.main(["--taxi-type", "green", *month, "--model", str(model_npz)]),
+                          "BATCH_CHUNK_ROWS must be a whole number, got 'many'")
+    monkeypatch.delenv("BATCH_CHUNK_ROWS")
     # A month that is neither cached, mirrored nor downloadable (the server refuses at once).
     monkeypatch.setenv("RIDE_DURATION_DATA", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("TLC_BASE_URL", "http://127.0.0.1:9")

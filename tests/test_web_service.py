@@ -224,6 +224,12 @@ def test_a_missing_model_stops_the_start_with_its_path(tmp_path):
         serve_in_background(WEB_SERVICE, {"MODEL_PATH": str(missing)}, timeout=30)
 
 
+def test_an_unusable_limit_stops_the_start_with_its_name(npz):
+    with pytest.raises(ServiceFailed, match="MAX_RIDES_PER_REQUEST must be a whole number, got 'lots'") as failure:
+        serve_in_background(WEB_SERVICE, {"MODEL_PATH": str(npz), "MAX_RIDES_PER_REQUEST": "lots"}, timeout=30)
+    assert "Traceback" not in str(failure.value)
+
+
 def test_stopping_leaves_no_process(npz):
     service = serve_in_background(WEB_SERVICE, {"MODEL_PATH": str(npz), "WEB_CONCURRENCY": "2"})
     workers = [int(pid) for pid in re.findall(r"worker (\d+) loaded model", service.log_path.read_text())]

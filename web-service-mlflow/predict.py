@@ -23,6 +23,7 @@ import os
 import sys
 
 from ride_duration import registry
+from ride_duration.config import SettingError
 from ride_duration.models import ModelNotFound
 from ride_duration.service import create_app
 
@@ -39,14 +40,13 @@ def model_spec(env=os.environ) -> str:
     return f"models:/{registry.model_name()}@{registry.model_alias()}"
 
 
-def load_model():
+def build_app():
     try:
-        spec = model_spec()
-        return registry.load_model(spec)
-    except ModelNotFound as exc:
+        model = registry.load_model(model_spec())
+        return model, create_app(model)
+    except (ModelNotFound, SettingError) as exc:
         print(f"web-service-mlflow cannot start: {exc}", file=sys.stderr, flush=True)
         sys.exit(BOOT_ERROR)
 
 
-model = load_model()
-app = create_app(model)
+model, app = build_app()

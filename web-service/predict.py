@@ -11,7 +11,7 @@ once, before it answers anything.
 import os
 import sys
 
-from ride_duration.config import models_dir
+from ride_duration.config import SettingError, models_dir
 from ride_duration.models import ModelNotFound, load_compact
 from ride_duration.service import create_app
 
@@ -19,8 +19,8 @@ MODEL_PATH = os.environ.get("MODEL_PATH", str(models_dir() / "lin_reg.npz"))
 
 try:
     model = load_compact(MODEL_PATH)
-except ModelNotFound as exc:
+    app = create_app(model)
+except (ModelNotFound, SettingError) as exc:
     print(f"web-service cannot start: {exc}", file=sys.stderr, flush=True)
     sys.exit(3)  # gunicorn's "worker failed to boot": it stops instead of retrying forever
 print(f"worker {os.getpid()} loaded model {model.version} from {MODEL_PATH}", file=sys.stderr, flush=True)
-app = create_app(model)
