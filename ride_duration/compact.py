@@ -19,7 +19,7 @@ import numpy as np
 from ride_duration.features import pu_do
 
 LEAF = -2  # the feature id of a leaf node (scikit-learn uses -2 too)
-FOREST_CHUNK = 20_000  # rows evaluated at once by a forest, to bound memory
+FOREST_CHUNK = 10_000  # rows walked through the forest at once: bounds memory, keeps trees in cache
 
 
 def file_version(name: str, blob: bytes) -> str:
@@ -36,6 +36,8 @@ class CompactModel:
         self.version = str(arrays["version"])
         self.index = {key: i for i, key in enumerate(arrays["vocabulary"].tolist())}
         self._distance_feature = int(arrays["distance_feature"])
+        if self.kind == "forest":
+            self._split_column, self._distance_threshold, self._children = _walk_tables(arrays)
 
     # ---- building and storing -------------------------------------------------------
     @classmethod
@@ -111,16 +113,38 @@ class CompactModel:
 
     def _predict_forest(self, columns: np.ndarray, distances: np.ndarray) -> np.ndarray:
         a = self.arrays
-        feature, threshold, left, right = a["feature"], a["threshold"], a["left"], a["right"]
         # Trees compare float32 inputs (scikit-learn casts X), so round distances the same way.
-        distances = distances.astype(np.float32).astype(np.float64)[:, None]
-        columns = columns[:, None]
-        nodes = np.broadcast_to(a["roots"], (len(columns), len(a["roots"]))).copy()
+        distances = distances.astype(np.float32).astype(np.float64)[None, :]
+        columns = columns.astype(np.int32)[None, :]
+        # One row per tree: neighbouring cells walk the same tree, whose nodes stay in cache.
+        nodes = np.repeat(a["roots"][:, None], columns.shape[1], axis=1)
         for _ in range(int(a["max_depth"])):
-            f = feature[nodes]
-            x = np.where(f == self._distance_feature, distances, (f == columns).astype(np.float64))
-            nodes = np.where(f == LEAF, nodes, np.where(x <= threshold[nodes], left[nodes], right[nodes]))
-        return a["value"][nodes].mean(axis=1)
+            go_right = (self._split_column[nodes] == columns) | (distances > self._distance_threshold[nodes])
+            nodes = self._children[(nodes << 1) | go_right]
+        return a["value"][nodes].mean(axis=0)
+
+
+def _walk_tables(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The forest's nodes recast so one step of a walk is two comparisons and a lookup.
+
+    A ride goes right at a node when its PU_DO column is the node's split column, or when
+    its distance is above the node's distance threshold. A one-hot cell is 0 or 1, so a
+    split on it (scikit-learn: right when cell > threshold) is an equality test, or a fixed
+    turn when the threshold lies outside [0, 1). Node i's children sit at 2i (left) and
+    2i + 1 (right); a leaf is its own child both ways, so no walk needs to stop early.
+    """
+    feature, threshold = arrays["feature"], arrays["threshold"]
+    is_leaf = feature == LEAF
+    on_distance = feature == int(arrays["distance_feature"])
+    one_hot = ~is_leaf & ~on_distance
+    never = np.int32(LEAF)  # a ride's column is >= -1 (-1: a pair the model never saw)
+    split_column = np.where(one_hot & (threshold >= 0) & (threshold < 1), feature, never).astype(np.int32)
+    distance_threshold = np.select([on_distance, one_hot & (threshold < 0)], [threshold, -np.inf], np.inf)
+    itself = np.arange(len(feature), dtype=np.int32)
+    children = np.empty(2 * len(feature), dtype=np.int32)
+    children[0::2] = np.where(is_leaf, itself, arrays["left"])
+    children[1::2] = np.where(is_leaf, itself, arrays["right"])
+    return split_column, distance_threshold, children
 
 
 def _flatten_trees(trees) -> dict[str, np.ndarray]:

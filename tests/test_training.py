@@ -48,6 +48,32 @@ def test_compact_export_predicts_what_the_pipeline_predicts(request, pipeline_fi
     assert compact.version == "v1"
 
 
+@pytest.mark.parametrize("one_hot_threshold", [0.5, -0.5, 1.5])
+def test_forest_walk_follows_scikit_learns_rule_at_every_split(one_hot_threshold):
+    """x > threshold goes right, x being 0/1 for a PU_DO column: also for thresholds a fit never makes."""
+    # node 0: PU_DO=1_2 > t ? 2 : 1;  node 1: distance > 5 ? 4 : 3;  nodes 2, 3, 4: leaves
+    feature = np.array([0, 1, -2, -2, -2], dtype=np.int32)
+    threshold = np.array([one_hot_threshold, 5.0, -2.0, -2.0, -2.0])
+    left, right = np.array([1, 3, 0, 0, 0], dtype=np.int32), np.array([2, 4, 0, 0, 0], dtype=np.int32)
+    value = np.array([0.0, 0.0, 30.0, 10.0, 20.0])
+    compact = CompactModel({
+        "version": np.array("hand-made"), "kind": np.array("forest"), "vocabulary": np.array(["1_2", ""]),
+        "distance_feature": np.array(1), "feature": feature, "threshold": threshold, "left": left,
+        "right": right, "value": value, "roots": np.array([0], dtype=np.int32), "max_depth": np.array(2),
+    })
+
+    def walk(ride):
+        cells = [float((ride["PULocationID"], ride["DOLocationID"]) == (1, 2)), ride["trip_distance"]]
+        node = 0
+        while feature[node] != -2:
+            node = right[node] if cells[feature[node]] > threshold[node] else left[node]
+        return value[node]
+
+    rides = [{"PULocationID": pu, "DOLocationID": do, "trip_distance": d}
+             for pu, do in [(1, 2), (2, 1), (7, 7)] for d in (0.5, 5.0, 5.000001, 40.0)]
+    np.testing.assert_array_equal(compact.predict(rides), [walk(r) for r in rides])
+
+
 def test_saved_model_files_load_with_one_version(model_files):
     pkl, npz = model_files
     from_npz, from_pkl = load_compact(npz), load_compact(pkl)
