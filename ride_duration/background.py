@@ -141,6 +141,9 @@ def serve_in_background(app_dir: str | Path, env: dict | None = None, port: int 
         os.close(fd)
     log_path = Path(log_path)
     environment = {**os.environ, **(env or {})}
+    if port and probe(f"http://{LOOPBACK}:{port}/health", timeout=1.0):
+        # Its answers would pass for the new service's.
+        raise ServiceFailed(f"http://{LOOPBACK}:{port} already answers /health: another service holds the port")
     for attempt in range(3):  # a free port can be taken by someone else before gunicorn binds it
         bind_port = port or free_port()
         command = [python or sys.executable, "-m", "gunicorn", "--chdir", str(Path(app_dir).resolve())]

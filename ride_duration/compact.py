@@ -36,6 +36,11 @@ class CompactModel:
         self.version = str(arrays["version"])
         self.index = {key: i for i, key in enumerate(arrays["vocabulary"].tolist())}
         self._distance_feature = int(arrays["distance_feature"])
+        if self.kind == "linear":
+            # One zero weight appended: column -1, a PU_DO pair the model never saw, picks it.
+            self._weights = np.append(arrays["coef"], 0.0)
+            self._intercept = float(arrays["intercept"])
+            self._distance_weight = float(arrays["coef"][self._distance_feature])
         if self.kind == "forest":
             self._split_column, self._distance_threshold, self._children = _walk_tables(arrays)
 
@@ -107,9 +112,7 @@ class CompactModel:
         ]) if len(keys) else np.empty(0)
 
     def _predict_linear(self, columns: np.ndarray, distances: np.ndarray) -> np.ndarray:
-        coef = self.arrays["coef"]
-        one_hot = np.where(columns >= 0, coef[columns], 0.0)
-        return float(self.arrays["intercept"]) + one_hot + coef[self._distance_feature] * distances
+        return self._intercept + self._weights[columns] + self._distance_weight * distances
 
     def _predict_forest(self, columns: np.ndarray, distances: np.ndarray) -> np.ndarray:
         a = self.arrays

@@ -5,21 +5,29 @@
 HOST [127.0.0.1]        address to listen on; the Dockerfile sets 0.0.0.0
 PORT [9696]             port to listen on
 WEB_CONCURRENCY [2]     worker processes, each loading the model once; one per core
-WEB_THREADS [4]         threads per worker (gthread worker class)
+WEB_THREADS [1]         threads per worker (gthread worker class)
 
-Why gthread: it keeps client connections alive (the sync worker closes each one after its
-answer, so every request pays a new TCP connection) while a request's work, about 0.1 ms
-of Python, stays on one thread. Measured on 2 cores (benchmarks/web_service.py, see
-web-service/README.md), it served the most requests per second at 16 connections.
+Why these (measured on 2 cores with benchmarks/web_service.py, see web-service/README.md):
+- gthread keeps client connections alive (the sync worker closes each one after its answer,
+  so every request pays a new TCP connection); a request's work is about 0.1 ms of Python.
+- One thread per worker: Python runs one thread at a time per process, and threads waiting
+  for each other's turn doubled the slowest answers (p99) without adding throughput.
+- reuse_port: each worker listens on its own socket and the kernel spreads new connections
+  over them. On one shared socket, whichever worker woke first took most of a client's
+  connections (15 of 16 was common), and its queue set the p99.
 """
+import gc
 import os
+import socket
 
-from ride_duration.config import env_int
+from ride_duration.config import SettingError, env_int
+from ride_duration.service import max_request_bytes, max_rides_per_request
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '9696')}"
 workers = env_int("WEB_CONCURRENCY", 2)
 worker_class = "gthread"
-threads = env_int("WEB_THREADS", 4)
+threads = env_int("WEB_THREADS", 1)
+reuse_port = True
 keepalive = 5  # seconds an idle client connection stays open
 timeout = 30  # a worker silent this long is restarted
 # On stop, time given to requests in flight (they take milliseconds). gunicorn's gthread
@@ -29,3 +37,44 @@ graceful_timeout = 5
 # gunicorn >= 25 opens a control socket under $HOME by default: several services on one
 # machine would share its path, and a container's user may have no home.
 control_socket_disable = True
+
+
+def on_starting(server):
+    """Checks made once, in the master, before any worker starts; a failure is one line."""
+    try:  # read by every worker: a bad value would fail them all, each with its own message
+        max_rides_per_request(), max_request_bytes()
+    except SettingError as exc:
+        raise RuntimeError(str(exc)) from None
+    refuse_taken_ports(server.cfg.address)
+
+
+def post_worker_init(worker):
+    """The app and its model are loaded: keep the garbage collector off them from now on.
+
+    A full collection walks every object a worker holds (Flask, numpy, the model's
+    vocabulary): 27-36 ms here, about once every ten seconds under load, with every request
+    in flight waiting. Frozen objects are skipped; what requests allocate is collected as
+    before."""
+    gc.collect()
+    gc.freeze()
+
+
+def refuse_taken_ports(addresses: list) -> None:
+    """With reuse_port a second server on a taken port would not fail: it would quietly take
+    a share of the connections (an old service from an earlier lesson, say). A plain bind
+    fails on such a port, as it would without reuse_port."""
+    for address in addresses:
+        if not isinstance(address, tuple):  # a unix socket path: not shared by reuse_port
+            continue
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(*address, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn's own sockets
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                raise RuntimeError(f"cannot listen on {bind_text(address)}: {exc.strerror}") from None
+
+
+def bind_text(address: tuple) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

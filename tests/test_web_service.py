@@ -37,7 +37,7 @@ def npz(model_files):
 @pytest.fixture(scope="module")
 def service(npz, tmp_path_factory):
     log = tmp_path_factory.mktemp("web") / "gunicorn.log"
-    env = {"MODEL_PATH": str(npz), "WEB_CONCURRENCY": str(WORKERS), "WEB_THREADS": "4"}
+    env = {"MODEL_PATH": str(npz), "WEB_CONCURRENCY": str(WORKERS)}
     with serve_in_background(WEB_SERVICE, env, log_path=log) as running:
         yield running
     assert not running.running()
@@ -225,9 +225,23 @@ def test_a_missing_model_stops_the_start_with_its_path(tmp_path):
 
 
 def test_an_unusable_limit_stops_the_start_with_its_name(npz):
-    with pytest.raises(ServiceFailed, match="MAX_RIDES_PER_REQUEST must be a whole number, got 'lots'") as failure:
+    with pytest.raises(ServiceFailed, match="Error: MAX_RIDES_PER_REQUEST must be a whole number, got 'lots'") as failure:
         serve_in_background(WEB_SERVICE, {"MODEL_PATH": str(npz), "MAX_RIDES_PER_REQUEST": "lots"}, timeout=30)
     assert "Traceback" not in str(failure.value)
+
+
+def test_a_port_another_server_listens_on_is_refused(service, npz):
+    """Workers bind with SO_REUSEPORT; a second service must still not share the first one's port."""
+    second = subprocess.run([sys.executable, "-m", "gunicorn", "--config", "python:ride_duration.gunicorn_conf",
+                             "--bind", f"127.0.0.1:{service.port}", "predict:app"], cwd=WEB_SERVICE,
+                            env={**os.environ, "MODEL_PATH": str(npz)}, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1
+    assert f"Error: cannot listen on 127.0.0.1:{service.port}: Address already in use" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert probe(service.health_url)["status"] == "ok"
+    # The background helper does not take the first service's answers for the second's.
+    with pytest.raises(ServiceFailed, match=f"{service.url} already answers"):
+        serve_in_background(WEB_SERVICE, {"MODEL_PATH": str(npz)}, port=service.port, timeout=30)
 
 
 def test_stopping_leaves_no_process(npz):
