@@ -10,11 +10,12 @@ WEB_THREADS [1]         threads per worker (gthread worker class)
 Why these (measured on 2 cores with benchmarks/web_service.py, see web-service/README.md):
 - gthread keeps client connections alive (the sync worker closes each one after its answer,
   so every request pays a new TCP connection); a request's work is about 0.1 ms of Python.
-- One thread per worker: Python runs one thread at a time per process, and threads waiting
-  for each other's turn doubled the slowest answers (p99) without adding throughput.
+- One thread per worker: Python runs one thread at a time per process; with 4 threads,
+  requests waiting for each other's turn put p99 at 20-26 ms (14-15 ms with one) for at
+  most a fifth more requests per second.
 - reuse_port: each worker listens on its own socket and the kernel spreads new connections
-  over them. On one shared socket, whichever worker woke first took most of a client's
-  connections (15 of 16 was common), and its queue set the p99.
+  over them. On one shared socket, whichever worker woke first often took most of a
+  client's connections (up to 15 of 16), and its queue set the p99.
 """
 import gc
 import os
