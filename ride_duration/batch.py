@@ -34,7 +34,7 @@ import numpy as np
 from ride_duration import config, data
 from ride_duration.compact import CompactModel
 from ride_duration.features import pu_do
-from ride_duration.models import ModelNotFound, load_compact
+from ride_duration.models import ModelNotFound, load_compact, split_s3_url
 
 DEFAULT_CHUNK_ROWS = 250_000
 ROW_INDEX = "row_index"  # a ride's position in its month's file: the last part of its id
@@ -120,7 +120,7 @@ def exists(location: str) -> bool:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    bucket, key = _split_s3(location)
+    bucket, key = split_s3_url(location)
     try:
         boto3.client("s3").head_object(Bucket=bucket, Key=key)
         return True
@@ -171,7 +171,7 @@ def _upload(path: str, location: str) -> None:
     from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
 
-    bucket, key = _split_s3(location)
+    bucket, key = split_s3_url(location)
     try:
         boto3.client("s3").upload_file(path, bucket, key)
     except ClientError as exc:
@@ -182,11 +182,6 @@ def _upload(path: str, location: str) -> None:
         cause = exc.__cause__ or exc.__context__
         reason = _client_error(cause) if isinstance(cause, ClientError) else str(exc)
         raise BatchError(f"cannot write {location}: {reason}") from None
-
-
-def _split_s3(url: str) -> tuple[str, str]:
-    bucket, _, key = url.removeprefix("s3://").partition("/")
-    return bucket, key
 
 
 def _client_error(exc) -> str:

@@ -8,8 +8,11 @@ TLC_BASE_URL [the TLC's CloudFront address]
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOME = Path(os.environ.get("RIDE_DURATION_HOME", REPO_ROOT))
@@ -55,3 +58,18 @@ def tlc_mirror() -> Path | None:
 
 def tlc_base_url() -> str:
     return os.environ.get("TLC_BASE_URL", DEFAULT_TLC_BASE_URL).rstrip("/")
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """A hidden temporary path beside `target`, renamed over it when the block succeeds and
+    removed when it fails: readers see no file, or the old one, or the whole new one.
+    A killed process may leave the hidden ".<name>.*.part" file behind."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,24 +113,19 @@ def _download(url: str, target: Path) -> None:
         if response.status_code != 200:
             raise DataError(f"downloading {url} failed: HTTP {response.status_code}")
         total = int(response.headers.get("content-length", 0)) or None
-        # Write beside the target and rename, so a cut download never looks like a file.
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        # Written beside the target and renamed, so a cut download never looks like a file.
         try:
-            with os.fdopen(fd, "wb") as out, tqdm(
+            with config.atomic_path(target) as tmp, open(tmp, "wb") as out, tqdm(
                 total=total, unit="B", unit_scale=True, desc=target.name, disable=None
             ) as bar:
                 for chunk in response.iter_content(chunk_size=1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
-            _verified(Path(tmp), target.name)
-            os.replace(tmp, target)
+                out.close()
+                _verified(tmp, target.name)
         except requests.RequestException as exc:
-            Path(tmp).unlink(missing_ok=True)
             raise DataError(f"downloading {url} broke off ({exc.__class__.__name__}): try again, "
                             "or set TLC_MIRROR") from None
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
 
 @dataclass

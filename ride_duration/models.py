@@ -38,11 +38,17 @@ def load_compact(location: str | Path) -> CompactModel:
         raise ModelNotFound(f"{location} is not a readable model ({type(exc).__name__}: {exc})") from None
 
 
+def split_s3_url(url: str) -> tuple[str, str]:
+    """s3://bucket/some/key -> ("bucket", "some/key")."""
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
 def read_s3(url: str) -> bytes:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    bucket, _, key = url.removeprefix("s3://").partition("/")
+    bucket, key = split_s3_url(url)
     try:
         return boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:

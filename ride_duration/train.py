@@ -9,9 +9,7 @@ export, see ride_duration.compact) and prints the validation RMSE.
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,22 +90,13 @@ def save(pipeline, directory: Path, name: str) -> tuple[Path, Path]:
     The compact model's version is the pipeline file's sha256 prefix, so a service can say
     exactly which model answered.
     """
-    directory.mkdir(parents=True, exist_ok=True)
     blob = pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL)
     compact = CompactModel.from_pipeline(pipeline, version=file_version(name, blob))
-    return _write_atomic(directory / f"{name}.pkl", blob), _write_atomic(directory / f"{name}.npz", compact.to_bytes())
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    pkl, npz = directory / f"{name}.pkl", directory / f"{name}.npz"
+    for path, content in ((pkl, blob), (npz, compact.to_bytes())):
+        with config.atomic_path(path) as tmp:
+            tmp.write_bytes(content)
+    return pkl, npz
 
 
 MODEL_NAMES = {"linear": "lin_reg", "lasso": "lasso", "forest": "random_forest"}

@@ -25,7 +25,7 @@ import time
 import boto3
 
 from ride_duration import streaming
-from ride_duration.models import ModelNotFound
+from ride_duration.models import ModelNotFound, split_s3_url
 
 KINESIS_EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AWSLambdaKinesisExecutionRole"
 INLINE_POLICY_NAME = "ride-duration-stream-access"
@@ -69,7 +69,7 @@ def model_bucket() -> str:
     if not location.startswith("s3://"):
         raise ModelNotFound(f"the function can only read its model from S3, not {location}: set MODEL_LOCATION=s3://... "
                          "or RUN_ID and MLFLOW_EXPERIMENT_ID")
-    return location.removeprefix("s3://").split("/", 1)[0]
+    return split_s3_url(location)[0]
 
 
 def access_policy(bucket: str, predictions_arn: str) -> dict:

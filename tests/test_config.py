@@ -1,6 +1,6 @@
 import pytest
 
-from ride_duration.config import SettingError, env_int
+from ride_duration.config import SettingError, atomic_path, env_int
 
 
 def test_an_unset_or_blank_setting_takes_its_default(monkeypatch):
@@ -26,3 +26,17 @@ def test_an_unusable_setting_is_named_in_the_error(monkeypatch, raw, message):
     with pytest.raises(SettingError) as error:
         env_int("SOME_LIMIT", 7)
     assert str(error.value) == message
+
+
+def test_atomic_path_replaces_the_file_only_when_the_block_succeeds(tmp_path):
+    target = tmp_path / "models" / "model.npz"
+    with atomic_path(target) as staging:
+        staging.write_bytes(b"first")
+        assert not target.exists()  # nothing visible before the block ends
+    assert target.read_bytes() == b"first"
+
+    with pytest.raises(RuntimeError), atomic_path(target) as staging:
+        staging.write_bytes(b"half of the sec")
+        raise RuntimeError("the writer died")
+    assert target.read_bytes() == b"first"
+    assert [p.name for p in target.parent.iterdir()] == ["model.npz"]  # no staging file left
