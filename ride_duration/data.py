@@ -115,13 +115,13 @@ def _download(url: str, target: Path) -> None:
         total = int(response.headers.get("content-length", 0)) or None
         # Written beside the target and renamed, so a cut download never looks like a file.
         try:
-            with config.atomic_path(target) as tmp, open(tmp, "wb") as out, tqdm(
-                total=total, unit="B", unit_scale=True, desc=target.name, disable=None
-            ) as bar:
-                for chunk in response.iter_content(chunk_size=1 << 20):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-                out.close()
+            with config.atomic_path(target) as tmp:
+                with open(tmp, "wb") as out, tqdm(
+                    total=total, unit="B", unit_scale=True, desc=target.name, disable=None
+                ) as bar:
+                    for chunk in response.iter_content(chunk_size=1 << 20):
+                        out.write(chunk)
+                        bar.update(len(chunk))
                 _verified(tmp, target.name)
         except requests.RequestException as exc:
             raise DataError(f"downloading {url} broke off ({exc.__class__.__name__}): try again, "
