@@ -49,6 +49,11 @@ def on_starting(server):
     refuse_taken_ports(server.cfg.address)
 
 
+def when_ready(server):
+    # With reuse_port the workers open the sockets, so gunicorn's "Listening at:" line is empty.
+    server.log.info("Listening at: %s (a socket per worker)", ", ".join(server.cfg.bind))
+
+
 def post_worker_init(worker):
     """The app and its model are loaded: keep the garbage collector off them from now on.
 
