@@ -1,4 +1,5 @@
 """Session hooks for every test path, the notebooks included (pytest always loads this file)."""
+
 from __future__ import annotations
 
 

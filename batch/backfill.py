@@ -8,6 +8,7 @@ Each month is written atomically (see batch/score.py), so a stopped run leaves e
 either complete or absent, and the next run scores only the absent ones. --force scores
 them all again. Exit status: 0 all months done or skipped, 1 some month failed, 130 stopped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        outcome = batch.backfill(args.taxi_type, batch.parse_year_month(args.start), batch.parse_year_month(args.end),
-                                 args.model, args.output, force=args.force, engine=args.engine)
+        outcome = batch.backfill(
+            args.taxi_type,
+            batch.parse_year_month(args.start),
+            batch.parse_year_month(args.end),
+            args.model,
+            args.output,
+            force=args.force,
+            engine=args.engine,
+        )
     except batch.USER_ERRORS as exc:
         print(f"backfill.py: error: {exc}", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ models:/NAME/VERSION, runs:/RUN_ID/model or a run id [$BATCH_MODEL or models/lin
 The predictions go to <output>/taxi_type=<t>/year=<yyyy>/month=<mm>/<model version>.parquet
 [$BATCH_OUTPUT or output/]. Exit status: 0 done, 1 cannot do it (message on stderr), 130 stopped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        result = batch.score_month(args.taxi_type, args.year, args.month, args.model, args.output,
-                                   source=args.input, engine=args.engine)
+        result = batch.score_month(
+            args.taxi_type, args.year, args.month, args.model, args.output, source=args.input, engine=args.engine
+        )
     except batch.USER_ERRORS as exc:
         print(f"score.py: error: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,5 @@
 """The ceiling: a Flask endpoint that answers a constant JSON, served like the real one."""
+
 from flask import Flask, jsonify
 
 app = Flask(__name__)

@@ -4,6 +4,7 @@ A pickled (DictVectorizer, model) pair, the features rebuilt per request, scikit
 transform + predict per request, no input checks; served by gunicorn's defaults
 (one sync worker), as in the course's Dockerfile. NAIVE_MODEL_PATH names the pickle.
 """
+
 import os
 import pickle
 
@@ -15,7 +16,7 @@ with open(os.environ["NAIVE_MODEL_PATH"], "rb") as f_in:
 
 def prepare_features(ride):
     features = {}
-    features["PU_DO"] = "%s_%s" % (ride["PULocationID"], ride["DOLocationID"])
+    features["PU_DO"] = f"{ride['PULocationID']}_{ride['DOLocationID']}"
     features["trip_distance"] = ride["trip_distance"]
     return features
 

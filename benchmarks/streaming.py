@@ -16,6 +16,7 @@ its own process (so it does not share the handler's interpreter) and stops at th
 The models are the files `python -m ride_duration.train [--model forest]` writes (trained first
 when missing).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,12 @@ def free_port() -> int:
 
 def start_moto() -> tuple[subprocess.Popen, dict[str, str]]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -73,10 +78,14 @@ def start_moto() -> tuple[subprocess.Popen, dict[str, str]]:
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 stop(process)
-                raise SystemExit("the moto server did not start")
+                raise SystemExit("the moto server did not start") from None
             time.sleep(0.2)
-    env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     return process, env
 
 
@@ -96,8 +105,14 @@ def cold_starts(location: str, env: dict[str, str], times: int) -> list[dict]:
     for _ in range(times):
         started = time.perf_counter()
         output = subprocess.run(
-            [sys.executable, "-c", COLD_START], cwd=REPO, capture_output=True, text=True, timeout=120, check=True,
-            env={**os.environ, **env, "MODEL_LOCATION": location, "TEST_RUN": "True"}).stdout
+            [sys.executable, "-c", COLD_START],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+            env={**os.environ, **env, "MODEL_LOCATION": location, "TEST_RUN": "True"},
+        ).stdout
         results.append({**json.loads(output), "process_seconds": time.perf_counter() - started})
     return results
 
@@ -114,14 +129,28 @@ def sample_rides(count: int) -> list[dict]:
         import random
 
         generator = random.Random(0)
-        return [{"PULocationID": generator.randint(1, 265), "DOLocationID": generator.randint(1, 265),
-                 "trip_distance": round(generator.uniform(0.1, 20), 2)} for _ in range(count)]
+        return [
+            {
+                "PULocationID": generator.randint(1, 265),
+                "DOLocationID": generator.randint(1, 265),
+                "trip_distance": round(generator.uniform(0.1, 20), 2),
+            }
+            for _ in range(count)
+        ]
 
 
 def events(rides: list[dict], batch_size: int) -> list[dict]:
-    records = [{"kinesis": {"data": base64.b64encode(streaming.encode_ride_event(r, i)).decode(),
-                            "sequenceNumber": str(i), "partitionKey": str(i)}} for i, r in enumerate(rides)]
-    return [{"Records": records[i:i + batch_size]} for i in range(0, len(records), batch_size)]
+    records = [
+        {
+            "kinesis": {
+                "data": base64.b64encode(streaming.encode_ride_event(r, i)).decode(),
+                "sequenceNumber": str(i),
+                "partitionKey": str(i),
+            }
+        }
+        for i, r in enumerate(rides)
+    ]
+    return [{"Records": records[i : i + batch_size]} for i in range(0, len(records), batch_size)]
 
 
 class NaiveHandler:
@@ -135,8 +164,9 @@ class NaiveHandler:
         for record in event["Records"]:
             ride_id, ride = streaming.decode_record(record)
             prediction = streaming.prediction_event(ride_id, self.model.predict([ride])[0], self.model.version)
-            self.client.put_record(StreamName=self.stream, Data=json.dumps(prediction).encode(),
-                                   PartitionKey=str(ride_id))
+            self.client.put_record(
+                StreamName=self.stream, Data=json.dumps(prediction).encode(), PartitionKey=str(ride_id)
+            )
             predictions.append(prediction)
         return {"predictions": predictions}
 
@@ -167,8 +197,16 @@ def throughput(location: str, rides: list[dict], naive_rides: int, repeats: int)
 
     dry = streaming.PredictionService(model)
     measurements = {
-        "batched_100": lambda: (streaming.PredictionService(model, streaming.KinesisWriter(fresh_stream("b100"), client=client)), 100, len(rides)),
-        "batched_500": lambda: (streaming.PredictionService(model, streaming.KinesisWriter(fresh_stream("b500"), client=client)), 500, len(rides)),
+        "batched_100": lambda: (
+            streaming.PredictionService(model, streaming.KinesisWriter(fresh_stream("b100"), client=client)),
+            100,
+            len(rides),
+        ),
+        "batched_500": lambda: (
+            streaming.PredictionService(model, streaming.KinesisWriter(fresh_stream("b500"), client=client)),
+            500,
+            len(rides),
+        ),
         "test_run_100": lambda: (dry, 100, len(rides)),
         "naive_100": lambda: (NaiveHandler(model, fresh_stream("naive"), client), 100, naive_rides),
     }
@@ -194,8 +232,12 @@ def default_model(kind: str) -> Path:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", type=Path, help="model files [models/lin_reg.npz "
-                        "models/random_forest.npz, trained first if missing]")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        type=Path,
+        help="model files [models/lin_reg.npz models/random_forest.npz, trained first if missing]",
+    )
     parser.add_argument("--cold-starts", type=int, default=5)
     parser.add_argument("--records", type=int, default=3_000, help="records per batched measurement")
     parser.add_argument("--naive-records", type=int, default=500, help="records for the naive handler")
@@ -221,22 +263,28 @@ def main(argv=None) -> None:
         # Cold starts first, while this process is still small (it forks them).
         starts_by_model = {path: cold_starts(location, env, args.cold_starts) for path, location in locations.items()}
         rides = sample_rides(args.records)
-        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {args.records:,} records per "
-              f"batched run, {args.naive_records:,} per naive run; medians of {args.repeats} interleaved rounds")
+        print(
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {args.records:,} records per "
+            f"batched run, {args.naive_records:,} per naive run; medians of {args.repeats} interleaved rounds"
+        )
         for path, location in locations.items():
             starts = starts_by_model[path]
             figures = throughput(location, rides, args.naive_records, args.repeats)
             inside = [s["seconds"] for s in starts]
             print(f"{path.name} ({path.stat().st_size / 1e6:.1f} MB, version {starts[0]['version']})")
-            print(f"  cold start (imports + model from S3): median {statistics.median(inside):.2f} s, "
-                  f"max {max(inside):.2f} s; whole process median "
-                  f"{statistics.median(s['process_seconds'] for s in starts):.2f} s; "
-                  f"peak RSS max {max(s['peak_mb'] for s in starts):.0f} MB ({len(starts)} runs)")
-            print(f"  records/s writing to the stand-in: batched 100 {figures['batched_100']:,.0f}, "
-                  f"batched 500 {figures['batched_500']:,.0f}, naive {figures['naive_100']:,.0f} "
-                  f"-> {figures['batched_100'] / figures['naive_100']:.0f}x and "
-                  f"{figures['batched_500'] / figures['naive_100']:.0f}x; "
-                  f"TEST_RUN (no writes) 100 {figures['test_run_100']:,.0f}")
+            print(
+                f"  cold start (imports + model from S3): median {statistics.median(inside):.2f} s, "
+                f"max {max(inside):.2f} s; whole process median "
+                f"{statistics.median(s['process_seconds'] for s in starts):.2f} s; "
+                f"peak RSS max {max(s['peak_mb'] for s in starts):.0f} MB ({len(starts)} runs)"
+            )
+            print(
+                f"  records/s writing to the stand-in: batched 100 {figures['batched_100']:,.0f}, "
+                f"batched 500 {figures['batched_500']:,.0f}, naive {figures['naive_100']:,.0f} "
+                f"-> {figures['batched_100'] / figures['naive_100']:.0f}x and "
+                f"{figures['batched_500'] / figures['naive_100']:.0f}x; "
+                f"TEST_RUN (no writes) 100 {figures['test_run_100']:,.0f}"
+            )
     finally:
         stop(process)
 

@@ -24,12 +24,13 @@ Nothing leaves the loopback interface; every run is bounded by --duration.
 To measure web-service-mlflow instead, for example:
     python benchmarks/web_service.py --app-dir web-service-mlflow --env MODEL_URI=models:/ride-duration@production
 """
+
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import json
+import os
 import pickle
 import shutil
 import subprocess
@@ -108,9 +109,26 @@ def load(url: str, body: bytes, seconds: float, args) -> tuple[int, float, int, 
         with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
             script.write(WRK_SCRIPT % body.decode())
             script.flush()
-            out = subprocess.run(["wrk", "-t", str(args.wrk_threads), "-c", str(args.connections),
-                                  "-d", f"{max(1, round(seconds))}s", "--timeout", "2s", "-s", script.name, url],
-                                 capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
+            out = subprocess.run(
+                [
+                    "wrk",
+                    "-t",
+                    str(args.wrk_threads),
+                    "-c",
+                    str(args.connections),
+                    "-d",
+                    f"{max(1, round(seconds))}s",
+                    "--timeout",
+                    "2s",
+                    "-s",
+                    script.name,
+                    url,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=seconds + 30,
+                check=True,
+            ).stdout
         line = next(line for line in out.splitlines() if line.startswith("RESULT "))
         requests, micros, errors, p50, p99 = line.split()[1:]
         return int(requests), int(micros) / 1e6, int(errors), float(p50) / 1e3, float(p99) / 1e3
@@ -135,8 +153,13 @@ def main(argv=None) -> int:
     parser.add_argument("--url", help="measure this running service as (a) instead of starting one")
     parser.add_argument("--model", type=Path, default=models_dir() / "lin_reg.npz", help="(a)'s MODEL_PATH")
     parser.add_argument("--pipeline", type=Path, default=models_dir() / "lin_reg.pkl", help="source of (c)'s model")
-    parser.add_argument("--gunicorn-arg", action="append", default=[], metavar="ARG",
-                        help="extra gunicorn argument for (a) and (b), e.g. --gunicorn-arg=--threads=8")
+    parser.add_argument(
+        "--gunicorn-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra gunicorn argument for (a) and (b), e.g. --gunicorn-arg=--threads=8",
+    )
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--duration", type=int, default=3, help="seconds measured per round")
     parser.add_argument("--warmup", type=int, default=1, help="seconds of load before each measure")
@@ -159,9 +182,11 @@ def main(argv=None) -> int:
     env.setdefault("MODEL_PATH", str(args.model.resolve()))
     extra = tuple(args.gunicorn_arg)
 
-    print(f"{args.connections} keep-alive connections; {args.rounds} rounds of {args.duration} s per service, "
-          f"each after {args.warmup} s of warm-up; load generator: {args.loadgen}; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(
+        f"{args.connections} keep-alive connections; {args.rounds} rounds of {args.duration} s per service, "
+        f"each after {args.warmup} s of warm-up; load generator: {args.loadgen}; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
     urls: dict[str, tuple[str, str, int | None]] = {}  # key -> (name, url, process group)
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as running:
         # All three stay up; idle ones cost nothing, and taking turns in rounds spreads any
@@ -178,16 +203,19 @@ def main(argv=None) -> int:
             urls["b"] = ("(b) bare Flask, constant JSON", service.predict_url, service.process.pid)
         if "c" not in args.skip:
             naive_env = {"NAIVE_MODEL_PATH": str(naive_pickle(args.pipeline, Path(tmp)))}
-            service = running.enter_context(serve_in_background(REPO / "benchmarks", naive_env,
-                                                                app="naive_app:app", config=None))
+            service = running.enter_context(
+                serve_in_background(REPO / "benchmarks", naive_env, app="naive_app:app", config=None)
+            )
             urls["c"] = ("(c) course style, 1 sync worker", service.predict_url, service.process.pid)
         rounds = {key: [] for key in urls}
         for _ in range(args.rounds):
             for key, (name, url, group) in urls.items():
                 rounds[key].append(measure(name, url, args, group))
     report(rounds)
-    print(f"load average at the end: {os.getloadavg()[0]:.1f} (anything near or above the core count "
-          f"means other work shared the cores, and requests/s and p99 suffer)")
+    print(
+        f"load average at the end: {os.getloadavg()[0]:.1f} (anything near or above the core count "
+        f"means other work shared the cores, and requests/s and p99 suffer)"
+    )
     return 0
 
 
@@ -199,19 +227,23 @@ def median_of(runs: list[Measure]) -> Measure:
 def gunicorn_settings(command: list[str]) -> str:
     """The settings a started service runs with, as gunicorn would print them."""
     bind = command.index("--bind")
-    out = subprocess.run([*command[:bind], *command[bind + 2:-1], "--print-config", "x:y"],
-                         capture_output=True, text=True, timeout=60).stdout
+    out = subprocess.run(
+        [*command[:bind], *command[bind + 2 : -1], "--print-config", "x:y"], capture_output=True, text=True, timeout=60
+    ).stdout
     values = {name.strip(): value.strip() for name, _, value in (line.partition(" = ") for line in out.splitlines())}
-    return (f"worker_class={values.get('worker_class', '?')} workers={values.get('workers', '?')} "
-            f"threads={values.get('threads', '?')} keepalive={values.get('keepalive', '?')}")
+    return (
+        f"worker_class={values.get('worker_class', '?')} workers={values.get('workers', '?')} "
+        f"threads={values.get('threads', '?')} keepalive={values.get('keepalive', '?')}"
+    )
 
 
 def report(rounds: dict[str, list[Measure]]) -> None:
     """Each service's median round, then the ratios: the median over rounds of a/b and a/c
     measured back to back, which other load on the machine disturbs least."""
     results = {key: median_of(runs) for key, runs in rounds.items()}
-    print(f"{'service (median round)':36} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
-          f"{'server CPU/req':>15}")
+    print(
+        f"{'service (median round)':36} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'server CPU/req':>15}"
+    )
     for m in results.values():
         print(f"{m.name:36} {m.rps:8,.0f} {m.p50_ms:7.2f} {m.p99_ms:7.2f} {m.errors:6d} {m.cpu_us:12.0f} us")
     if "a" not in rounds:
@@ -221,12 +253,19 @@ def report(rounds: dict[str, list[Measure]]) -> None:
         if other in rounds:
             ratios = sorted(a.rps / o.rps for a, o in zip(rounds["a"], rounds[other]))
             cpu = sorted(o.cpu_us / a.cpu_us for a, o in zip(rounds["a"], rounds[other]))
-            checks.append((f"a/{other}", ratios[len(ratios) // 2], ">=", TARGETS[f"a/{other}"],
-                           f"rounds {', '.join(f'{r:.2f}' for r in ratios)}; from CPU per request "
-                           f"{cpu[len(cpu) // 2]:.2f}"))
+            checks.append(
+                (
+                    f"a/{other}",
+                    ratios[len(ratios) // 2],
+                    ">=",
+                    TARGETS[f"a/{other}"],
+                    f"rounds {', '.join(f'{r:.2f}' for r in ratios)}; from CPU per request {cpu[len(cpu) // 2]:.2f}",
+                )
+            )
     p99 = sorted(m.p99_ms for m in rounds["a"])
-    checks.append(("p99 of (a), ms", p99[len(p99) // 2], "<=", TARGETS["p99_ms"],
-                   f"rounds {', '.join(f'{v:.1f}' for v in p99)}"))
+    checks.append(
+        ("p99 of (a), ms", p99[len(p99) // 2], "<=", TARGETS["p99_ms"], f"rounds {', '.join(f'{v:.1f}' for v in p99)}")
+    )
     errors = sum(m.errors for runs in rounds.values() for m in runs)
     for label, value, op, target, detail in checks:
         met = value >= target if op == ">=" else value <= target

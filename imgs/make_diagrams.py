@@ -88,9 +88,13 @@ def box(ax, x, y, w, h, label, detail=None, kind="phase", dashed=False, mono=Fal
     fill, edge = PALETTE[kind]
     ax.add_patch(
         FancyBboxPatch(
-            (x - w / 2, y - h / 2), w, h,
+            (x - w / 2, y - h / 2),
+            w,
+            h,
             boxstyle="round,pad=0,rounding_size=0.22",
-            facecolor=fill, edgecolor=edge, linewidth=1.6,
+            facecolor=fill,
+            edgecolor=edge,
+            linewidth=1.6,
             linestyle=(0, (4, 2.5)) if dashed else "solid",
         )
     )
@@ -98,12 +102,19 @@ def box(ax, x, y, w, h, label, detail=None, kind="phase", dashed=False, mono=Fal
     label_h = (label.count("\n") + 1) * LABEL_PT * LINE
     detail_h = (detail.count("\n") + 1) * DETAIL_PT * LINE + 0.08 if detail else 0
     top = y + (label_h + detail_h) / 2
-    ax.text(x, top, label, fontsize=LABEL_PT, fontweight="bold", ha="center", va="top",
-            linespacing=1.15)
+    ax.text(x, top, label, fontsize=LABEL_PT, fontweight="bold", ha="center", va="top", linespacing=1.15)
     if detail:
-        ax.text(x, top - label_h - 0.08, detail, fontsize=DETAIL_PT, color=MUTED,
-                ha="center", va="top", linespacing=1.15,
-                family="monospace" if mono else None)
+        ax.text(
+            x,
+            top - label_h - 0.08,
+            detail,
+            fontsize=DETAIL_PT,
+            color=MUTED,
+            ha="center",
+            va="top",
+            linespacing=1.15,
+            family="monospace" if mono else None,
+        )
     return Box(x, y, w, h)
 
 
@@ -111,16 +122,31 @@ def arrow(ax, start, end, label=None, label_offset=(0, 0.3), mono=False, shrink_
     """Arrow from start to end; optional label near its middle, on a white patch."""
     ax.add_patch(
         FancyArrowPatch(
-            start, end, arrowstyle="-|>", mutation_scale=16, linewidth=1.6,
-            color=MUTED, shrinkA=shrink_start, shrinkB=3,
+            start,
+            end,
+            arrowstyle="-|>",
+            mutation_scale=16,
+            linewidth=1.6,
+            color=MUTED,
+            shrinkA=shrink_start,
+            shrinkB=3,
         )
     )
     if label:
         mx = (start[0] + end[0]) / 2 + label_offset[0]
         my = (start[1] + end[1]) / 2 + label_offset[1]
-        ax.text(mx, my, label, fontsize=CODE_PT if mono else DETAIL_PT, color=INK,
-                ha="center", va="center", linespacing=1.2, family="monospace" if mono else None,
-                bbox=dict(boxstyle="round,pad=0.25", facecolor="white", edgecolor="none"))
+        ax.text(
+            mx,
+            my,
+            label,
+            fontsize=CODE_PT if mono else DETAIL_PT,
+            color=INK,
+            ha="center",
+            va="center",
+            linespacing=1.2,
+            family="monospace" if mono else None,
+            bbox=dict(boxstyle="round,pad=0.25", facecolor="white", edgecolor="none"),
+        )
 
 
 def line(ax, points):
@@ -131,8 +157,7 @@ def line(ax, points):
 
 def save(fig, path):
     # No "Software" tag and Pillow writes no timestamp: same bytes on every run.
-    fig.savefig(path, dpi=DPI, facecolor="white", metadata={"Software": None},
-                pil_kwargs={"optimize": True})
+    fig.savefig(path, dpi=DPI, facecolor="white", metadata={"Software": None}, pil_kwargs={"optimize": True})
     plt.close(fig)
 
 
@@ -155,12 +180,10 @@ def deploy(path):
     lanes = [
         ("Batch", "offline", "job", "scoring job\non a schedule", "DB → job → DB"),
         ("Web service", "online, 1-to-1", "model", "request / response", "app ⇄ service"),
-        ("Streaming", "online, 1-to-many", "stream", "events on a stream",
-         "events → stream\n→ consumers"),
+        ("Streaming", "online, 1-to-many", "stream", "events on a stream", "events → stream\n→ consumers"),
     ]
     for x, (name, mode, kind, what, flow) in zip(lanes_x, lanes):
-        lane = box(ax, x, lane_y, 4.6, lane_h, f"{name}\n({mode})", f"{what}\n\n{flow}",
-                   kind=kind)
+        lane = box(ax, x, lane_y, 4.6, lane_h, f"{name}\n({mode})", f"{what}\n\n{flow}", kind=kind)
         arrow(ax, (x, bus_y), lane.top, shrink_start=0)
     save(fig, path)
 
@@ -188,8 +211,7 @@ def marketing_example(path):
     xs = (1.95, 6.0, 10.05, 14.1)
     rides = box(ax, xs[0], y, w, h, "rides", "last month", "data")
     job = box(ax, xs[1], y, w, h, "scoring job", "churn model,\nmonthly", "job")
-    churn = box(ax, xs[2], y, w, h, "likely churners",
-                "riders likely to churn\nto ride-hailing apps", "data")
+    churn = box(ax, xs[2], y, w, h, "likely churners", "riders likely to churn\nto ride-hailing apps", "data")
     offer = box(ax, xs[3], y, w, h, "marketing", "send an offer", "user")
     arrow(ax, rides.right, job.left)
     arrow(ax, job.right, churn.left)
@@ -203,20 +225,30 @@ def web_service(path):
     app = box(ax, 2.3, 3.3, 3.8, 2.4, "taxi app", "(user)", "user")
     # Service drawn as an outer box with the model inside it.
     svc = box(ax, 12.9, 3.3, 5.6, 5.0, "", kind="phase")
-    ax.text(svc.x, svc.y + 2.1, "ride duration service", fontsize=LABEL_PT, fontweight="bold",
-            ha="center", va="top")
-    ax.text(svc.x, svc.y + 1.55, "Flask + gunicorn", fontsize=DETAIL_PT, color=MUTED,
-            ha="center", va="top")
+    ax.text(svc.x, svc.y + 2.1, "ride duration service", fontsize=LABEL_PT, fontweight="bold", ha="center", va="top")
+    ax.text(svc.x, svc.y + 1.55, "Flask + gunicorn", fontsize=DETAIL_PT, color=MUTED, ha="center", va="top")
     box(ax, svc.x, svc.y - 0.55, 3.6, 1.6, "model", "predict(ride)", "model", mono=True)
 
     request = '{"PULocationID": 130,\n "DOLocationID": 205,\n "trip_distance": 3.66}'
-    arrow(ax, (app.right[0], app.y + 0.85), (svc.left[0], app.y + 0.85), request,
-          label_offset=(0, 0.95), mono=True)
-    arrow(ax, (svc.left[0], app.y - 0.85), (app.right[0], app.y - 0.85),
-          '{"duration": 12.3}  # minutes', label_offset=(0, -0.45), mono=True)
+    arrow(ax, (app.right[0], app.y + 0.85), (svc.left[0], app.y + 0.85), request, label_offset=(0, 0.95), mono=True)
+    arrow(
+        ax,
+        (svc.left[0], app.y - 0.85),
+        (app.right[0], app.y - 0.85),
+        '{"duration": 12.3}  # minutes',
+        label_offset=(0, -0.45),
+        mono=True,
+    )
     for dy, word in ((0.45, "request"), (-0.45, "response")):
-        ax.text((app.right[0] + svc.left[0]) / 2, app.y + dy, word, fontsize=DETAIL_PT,
-                color=MUTED, ha="center", va="center")
+        ax.text(
+            (app.right[0] + svc.left[0]) / 2,
+            app.y + dy,
+            word,
+            fontsize=DETAIL_PT,
+            color=MUTED,
+            ha="center",
+            va="center",
+        )
     save(fig, path)
 
 
@@ -235,8 +267,7 @@ def streaming(path):
     for y, (name, runtime, out, more) in zip(rows, consumers):
         # Dashed row: "and so on", any number of further consumers.
         c = box(ax, 9.85, y, 3.3, 1.6, name, runtime, "model", dashed=more)
-        o = box(ax, 13.95, y, 3.5, 1.6, out, "its own stream" if more else "stream", "stream",
-                dashed=more)
+        o = box(ax, 13.95, y, 3.5, 1.6, out, "its own stream" if more else "stream", "stream", dashed=more)
         arrow(ax, events.right, c.left)
         arrow(ax, c.right, o.left)
     save(fig, path)

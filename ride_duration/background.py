@@ -7,7 +7,21 @@ Used by the notebooks, the tests, the demo and the benchmark:
 
 or, across notebook cells, `service = serve_in_background(...)` ... `service.stop()`.
 gunicorn runs in its own process group, so stopping it leaves no worker behind.
+
+A service ends with the process that started it, however that process ends (a lesson whose
+cell fails must not leave gunicorn holding a port):
+- normal exit or an uncaught exception: an atexit handler stops every running service;
+- SIGTERM (jupyter's second try at shutting a kernel down): a handler asks each gunicorn to
+  stop, then lets the signal end the process as it would have;
+- SIGKILL (nbval shuts a notebook's kernel down with SIGINT then SIGKILL, and jupyter's last
+  resort): no code of ours runs, so on Linux gunicorn's master is started with
+  PR_SET_PDEATHSIG: the kernel sends it SIGTERM when its parent dies, and the master stops
+  its workers (a worker whose master died stops within a second as well). macOS has no
+  pdeathsig, and Linux ties it to the starting thread (so it is set from the main thread
+  only): elsewhere only atexit and the SIGTERM handler hold.
+The stand-ins (ride_duration.standins) are meant to outlive a notebook and do none of this.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -17,6 +31,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +45,67 @@ LOOPBACK = "127.0.0.1"
 
 class ServiceFailed(RuntimeError):
     """gunicorn exited or did not become healthy; the message holds the end of its log."""
+
+
+_running: dict[int, Service] = {}  # gunicorn master pid -> service started here, not yet stopped
+
+
+@atexit.register
+def _stop_running_services() -> None:
+    for service in list(_running.values()):
+        if service.started_by == os.getpid():  # not in a forked child: the services are its parent's
+            service.stop()
+
+
+def _signal_services_then_die(signum, frame) -> None:
+    """SIGTERM: ask every gunicorn to stop (it stops its workers), then die of the signal."""
+    for service in list(_running.values()):
+        if service.started_by == os.getpid():
+            try:
+                os.kill(service.process.pid, signal.SIGTERM)
+            except OSError:
+                pass
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _stop_services_on_sigterm() -> None:
+    # Only where SIGTERM would kill the process outright: a handler of the host's own is kept.
+    if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _signal_services_then_die)
+
+
+def _linux_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _linux_prctl()  # looked up here: the child runs as little Python as it can before exec
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_this_thread():
+    """preexec_fn for gunicorn's master: SIGTERM when the thread that started it ends (Linux).
+
+    Linux sends the signal when the parent *thread* ends, so it is asked for only from the main
+    thread, which lasts as long as the process."""
+    if _prctl is None or threading.current_thread() is not threading.main_thread():
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        _prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if os.getppid() != parent:  # the parent died before prctl: no signal will come
+            os._exit(1)
+
+    return preexec
 
 
 def free_port() -> int:
@@ -46,10 +122,19 @@ class Service:
         self.temporary_log = temporary_log  # removed by stop()
         self.url = f"http://{LOOPBACK}:{port}"
         self.predict_url, self.health_url = f"{self.url}/predict", f"{self.url}/health"
+        self.started_by = os.getpid()
+        _stop_services_on_sigterm()
         with open(log_path, "ab") as log:
-            self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-        atexit.register(self.stop)
+            self.process = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_this_thread(),
+            )
+        _running[self.process.pid] = self
 
     def wait_healthy(self, timeout: float = START_TIMEOUT) -> dict:
         """The /health answer, once there is one; raises ServiceFailed on exit or time-out."""
@@ -96,7 +181,7 @@ class Service:
         deadline = time.monotonic() + 5
         while self.running() and time.monotonic() < deadline:
             time.sleep(0.05)
-        atexit.unregister(self.stop)
+        _running.pop(self.process.pid, None)
         return self.process.returncode
 
     def log_tail(self, lines: int = 200) -> str:
@@ -105,7 +190,7 @@ class Service:
         except OSError:
             return ""
 
-    def __enter__(self) -> "Service":
+    def __enter__(self) -> Service:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -115,10 +200,18 @@ class Service:
         return f"<Service {self.url} pid={self.process.pid} {'running' if self.running() else 'stopped'}>"
 
 
-def serve_in_background(app_dir: str | Path, env: dict | None = None, port: int | None = None, *,
-                        app: str = "predict:app", config: str | None = DEFAULT_CONFIG,
-                        args: tuple[str, ...] = (), timeout: float = START_TIMEOUT,
-                        log_path: str | Path | None = None, python: str | None = None) -> Service:
+def serve_in_background(
+    app_dir: str | Path,
+    env: dict | None = None,
+    port: int | None = None,
+    *,
+    app: str = "predict:app",
+    config: str | None = DEFAULT_CONFIG,
+    args: tuple[str, ...] = (),
+    timeout: float = START_TIMEOUT,
+    log_path: str | Path | None = None,
+    python: str | None = None,
+) -> Service:
     """Start gunicorn serving `app` from `app_dir` on 127.0.0.1 and wait for /health.
 
     Args:

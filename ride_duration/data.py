@@ -1,4 +1,5 @@
 """TLC trip files: find them (cache, mirror, download), read them, validate and clean them."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -88,8 +89,7 @@ def _verified(path: Path, name: str | None = None) -> Path:
     expected = KNOWN_SHA256.get(name)
     if expected is not None and sha256(path) != expected:
         raise ChecksumMismatch(
-            f"{path} does not match the known sha256 of {name}: "
-            "delete it and fetch it again (or fix the mirror)"
+            f"{path} does not match the known sha256 of {name}: delete it and fetch it again (or fix the mirror)"
         )
     return path
 
@@ -116,16 +116,18 @@ def _download(url: str, target: Path) -> None:
         # Written beside the target and renamed, so a cut download never looks like a file.
         try:
             with config.atomic_path(target) as tmp:
-                with open(tmp, "wb") as out, tqdm(
-                    total=total, unit="B", unit_scale=True, desc=target.name, disable=None
-                ) as bar:
+                with (
+                    open(tmp, "wb") as out,
+                    tqdm(total=total, unit="B", unit_scale=True, desc=target.name, disable=None) as bar,
+                ):
                     for chunk in response.iter_content(chunk_size=1 << 20):
                         out.write(chunk)
                         bar.update(len(chunk))
                 _verified(tmp, target.name)
         except requests.RequestException as exc:
-            raise DataError(f"downloading {url} broke off ({exc.__class__.__name__}): try again, "
-                            "or set TLC_MIRROR") from None
+            raise DataError(
+                f"downloading {url} broke off ({exc.__class__.__name__}): try again, or set TLC_MIRROR"
+            ) from None
 
 
 @dataclass
@@ -191,3 +193,31 @@ def clean_trips(df):
         df[column] = df[column].astype("int64")
     df["trip_distance"] = pd.to_numeric(df["trip_distance"]).astype("float64")
     return df, report
+
+
+def fetch_known(log=print) -> list[Path]:
+    """Every file with a known checksum (the months the lessons and tests use), checked."""
+    found = []
+    for name in KNOWN_SHA256:
+        path = zone_lookup_file() if name == "taxi_zone_lookup.csv" else fetch(name, f"trip-data/{name}")
+        log(f"{name}: {path} (sha256 checked)")
+        found.append(path)
+    return found
+
+
+def main(argv=None) -> None:
+    """python -m ride_duration.data fetch: the lessons' TLC files into the cache, checked."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("command", choices=["fetch"])
+    parser.parse_args(argv)
+    try:
+        fetch_known()
+    except DataError as exc:
+        sys.exit(f"ride_duration.data: {exc}")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,6 +5,7 @@ serve it from the registry, stream rides through the Lambda handler, score a mon
 batch. Each stage prints one line with the figure that matters; a summary table closes the
 run. Everything it starts it stops, so it can run again at once.
 """
+
 from __future__ import annotations
 
 import time
@@ -30,8 +31,10 @@ def stage(name: str):
 
 
 def rides_line(answers) -> str:
-    return ", ".join(f"{r['PULocationID']}->{r['DOLocationID']} {r['trip_distance']:g} mi: {a['duration']:.1f} min"
-                     for r, a in zip(SAMPLE_RIDES, answers))
+    return ", ".join(
+        f"{r['PULocationID']}->{r['DOLocationID']} {r['trip_distance']:g} mi: {a['duration']:.1f} min"
+        for r, a in zip(SAMPLE_RIDES, answers)
+    )
 
 
 def main() -> None:
@@ -56,13 +59,16 @@ def main() -> None:
         with stage("4 register forest") as s:
             model = registry.ensure_registered_model()
             fitted = f"fit in {model.fit_seconds:.0f} s" if model.fit_seconds else "reused"
-            s["figure"] = (f"random forest, validation RMSE {model.rmse:.4f} ({fitted}), "
-                           f"{registry.model_name()}@{registry.model_alias()} = version {model.version}")
+            s["figure"] = (
+                f"random forest, validation RMSE {model.rmse:.4f} ({fitted}), "
+                f"{registry.model_name()}@{registry.model_alias()} = version {model.version}"
+            )
 
         with stage("5 web service from MLflow") as s:
             uri = f"models:/{registry.model_name()}@{registry.model_alias()}"
-            with background.serve_in_background(REPO / "web-service-mlflow", env={"MODEL_URI": uri},
-                                              args=("--preload",)) as service:
+            with background.serve_in_background(
+                REPO / "web-service-mlflow", env={"MODEL_URI": uri}, args=("--preload",)
+            ) as service:
                 _, answers = post(service.predict_url, SAMPLE_RIDES)
             s["figure"] = f"{uri} (run {answers[0]['model_version'][:8]}...) answered {rides_line(answers)}"
 
@@ -71,8 +77,10 @@ def main() -> None:
 
         with stage("7 batch") as s:
             scored = batch.score_month("green", 2021, 2, model.run_id, progress=False)
-            s["figure"] = (f"{scored.rows_scored:,} rides of green 2021-02 scored, mean predicted "
-                           f"{scored.mean_predicted_duration:.2f} min -> {_short(scored.location)}")
+            s["figure"] = (
+                f"{scored.rows_scored:,} rides of green 2021-02 scored, mean predicted "
+                f"{scored.mean_predicted_duration:.2f} min -> {_short(scored.location)}"
+            )
     finally:
         standins.down()
 
@@ -82,9 +90,11 @@ def main() -> None:
     for name, figure, seconds in summary:
         print(f"  {name:<{width}}  {seconds:6.1f} s  {figure}")
     print(f"  {'total':<{width}}  {total:6.1f} s")
-    print("\nTo look around: `make standins-up`, then the MLflow UI at "
-          f"{standins.settings().mlflow_url} and `make lab` for the notebooks. "
-          "The demo stopped every process it started.")
+    print(
+        "\nTo look around: `make standins-up`, then the MLflow UI at "
+        f"{standins.settings().mlflow_url} and `make lab` for the notebooks. "
+        "The demo stopped every process it started."
+    )
 
 
 def _short(location: str) -> str:

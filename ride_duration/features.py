@@ -3,6 +3,7 @@
 A ride is a mapping with PULocationID, DOLocationID and trip_distance. The model sees the
 pickup/drop-off pair as one categorical feature, PU_DO, and the distance as a number.
 """
+
 from __future__ import annotations
 
 RIDE_FIELDS = ("PULocationID", "DOLocationID", "trip_distance")
@@ -15,7 +16,9 @@ def pu_do(pickup, dropoff) -> str:
 def ride_features(rides) -> list[dict]:
     """Feature dicts for DictVectorizer, from a list of ride dicts or a DataFrame of rides."""
     if hasattr(rides, "columns"):  # a DataFrame: build the keys column-wise, much faster
-        keys = rides["PULocationID"].astype("int64").astype(str) + "_" + rides["DOLocationID"].astype("int64").astype(str)
+        keys = (
+            rides["PULocationID"].astype("int64").astype(str) + "_" + rides["DOLocationID"].astype("int64").astype(str)
+        )
         distances = rides["trip_distance"].astype("float64")
         return [{"PU_DO": k, "trip_distance": d} for k, d in zip(keys.tolist(), distances.tolist())]
     return [

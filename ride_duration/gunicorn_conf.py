@@ -17,6 +17,7 @@ Why these (measured on 2 cores with benchmarks/web_service.py, see web-service/R
   over them. On one shared socket, whichever worker woke first often took most of a
   client's connections (up to 15 of 16), and its queue set the p99.
 """
+
 import gc
 import os
 import socket

@@ -4,6 +4,7 @@
 
 Standard library only: the slim image has no curl.
 """
+
 from __future__ import annotations
 
 import json

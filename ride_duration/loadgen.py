@@ -7,6 +7,7 @@ comes first, and never waits more than `timeout` seconds for one answer.
     result = run_load("http://127.0.0.1:9696/predict", [body], requests=5000, connections=32)
     result.errors, result.statuses, result.percentile(99)
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,9 +44,17 @@ class LoadResult:
         return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
 
 
-def run_load(url: str, bodies: list[bytes], *, requests: int | None = None, duration: float | None = None,
-             connections: int = 16, timeout: float = 5.0, keep_answers: bool = False,
-             method: str = "POST") -> LoadResult:
+def run_load(
+    url: str,
+    bodies: list[bytes],
+    *,
+    requests: int | None = None,
+    duration: float | None = None,
+    connections: int = 16,
+    timeout: float = 5.0,
+    keep_answers: bool = False,
+    method: str = "POST",
+) -> LoadResult:
     """Send bodies[i % len(bodies)] for i = 0, 1, ... over `connections` keep-alive connections.
 
     At least one of `requests` (a count) or `duration` (seconds) bounds the run.
@@ -70,15 +79,18 @@ async def _run(url, bodies, requests, duration, connections, timeout, keep_answe
     counter = iter(range(requests if requests is not None else 1 << 62))
     started = time.perf_counter()
     deadline = started + duration if duration is not None else None
-    await asyncio.gather(*(_connection(host, port, heads, counter, deadline, timeout, result, keep_answers)
-                           for _ in range(connections)))
+    await asyncio.gather(
+        *(_connection(host, port, heads, counter, deadline, timeout, result, keep_answers) for _ in range(connections))
+    )
     result.elapsed = time.perf_counter() - started
     return result
 
 
 def _request_head(method: str, host: str, port: int, path: str, length: int) -> bytes:
-    return (f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {length}\r\nConnection: keep-alive\r\n\r\n").encode()
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\nConnection: keep-alive\r\n\r\n"
+    ).encode()
 
 
 async def _connection(host, port, requests, counter, deadline, timeout, result, keep_answers):
@@ -93,7 +105,7 @@ async def _connection(host, port, requests, counter, deadline, timeout, result, 
                 reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
             writer.write(requests[index % len(requests)])
             status, body, close = await asyncio.wait_for(_read_response(reader), timeout)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
             result.errors += 1
             if len(result.error_samples) < 5:
                 result.error_samples.append(f"{type(exc).__name__}: {exc}")

@@ -3,6 +3,7 @@
 Light on purpose (numpy, and boto3 only for S3): the web service and the Lambda import it.
 MLflow URIs are resolved by ride_duration.registry, which needs MLflow.
 """
+
 from __future__ import annotations
 
 import pickle

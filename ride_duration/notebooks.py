@@ -4,6 +4,7 @@
 
 CI then checks that running them again reproduces what is committed (nbval).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,13 @@ def refresh(path: Path) -> None:
     # Stable metadata, so that a refresh changes only what the code changed.
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     notebook.metadata.pop("widgets", None)
-    NotebookClient(notebook, timeout=CELL_TIMEOUT, kernel_name="python3", record_timing=False,
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(
+        notebook,
+        timeout=CELL_TIMEOUT,
+        kernel_name="python3",
+        record_timing=False,
+        resources={"metadata": {"path": str(path.parent)}},
+    ).execute()
     for cell in notebook.cells:  # timings of earlier runs: noise in every diff
         cell.metadata.pop("execution", None)
     nbformat.write(notebook, path)

@@ -45,6 +45,7 @@ scikit-learn's tree storage (both our own output). They are recorded in the MLmo
 `mlflow.sklearn.load_model` loads the model with no extra argument and no warning. Loading it
 needs this package installed (the feature step lives in ride_duration.features).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -65,8 +66,10 @@ MODEL_ARTIFACT = "model"  # the logged model's name: runs:/<run id>/model
 SKOPS_TRUSTED_TYPES = ["ride_duration.features.ride_features", "sklearn.tree._tree.Tree"]
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 MODEL_ID = re.compile(r"^m-[0-9a-f]{32}$")
-SPEC_HELP = ("models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<id>, runs:/<run id>/model "
-             "(through the tracking server), or a model id m-<32 hex> or run id <32 hex> (read from S3)")
+SPEC_HELP = (
+    "models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<id>, runs:/<run id>/model "
+    "(through the tracking server), or a model id m-<32 hex> or run id <32 hex> (read from S3)"
+)
 
 
 def model_name() -> str:
@@ -110,9 +113,15 @@ class RegisteredModel:
 
 
 # ---- training and registering ------------------------------------------------------------
-def train_and_register(train_month: str = "green:2021-01", valid_month: str = "green:2021-02", *,
-                       forest_params: dict | None = None, data=None, name: str | None = None,
-                       alias: str | None = None) -> RegisteredModel:
+def train_and_register(
+    train_month: str = "green:2021-01",
+    valid_month: str = "green:2021-02",
+    *,
+    forest_params: dict | None = None,
+    data=None,
+    name: str | None = None,
+    alias: str | None = None,
+) -> RegisteredModel:
     """Fit the random-forest pipeline, log it to MLflow, register it and point the alias at it.
 
     Args:
@@ -128,7 +137,7 @@ def train_and_register(train_month: str = "green:2021-01", valid_month: str = "g
 
     name, alias = name or model_name(), alias or model_alias()
     mlflow = _mlflow()
-    import mlflow.sklearn
+    import mlflow.sklearn  # noqa: F811  (the submodule, after _mlflow's settings)
 
     client = _client()  # before the fit: a missing server should not cost a minute of training
     if data is None:
@@ -147,21 +156,40 @@ def train_and_register(train_month: str = "green:2021-01", valid_month: str = "g
         experiment_id = _experiment_id(client, experiment_name())
         with mlflow.start_run(experiment_id=experiment_id) as run:
             run_id = run.info.run_id
-            mlflow.log_params({"model": "random_forest", **params, "train_month": train_month,
-                               "valid_month": valid_month, "train_rows": len(train_df), "valid_rows": len(valid_df)})
+            mlflow.log_params(
+                {
+                    "model": "random_forest",
+                    **params,
+                    "train_month": train_month,
+                    "valid_month": valid_month,
+                    "train_rows": len(train_df),
+                    "valid_rows": len(valid_df),
+                }
+            )
             mlflow.log_metrics({"rmse": score, "fit_seconds": fit_seconds})
             info = mlflow.sklearn.log_model(
-                pipeline, name=MODEL_ARTIFACT, signature=_signature(),
+                pipeline,
+                name=MODEL_ARTIFACT,
+                signature=_signature(),
                 input_example=valid_df[list(RIDE_FIELDS)].head(3).reset_index(drop=True),
-                pip_requirements=_pip_requirements(), skops_trusted_types=SKOPS_TRUSTED_TYPES,
+                pip_requirements=_pip_requirements(),
+                skops_trusted_types=SKOPS_TRUSTED_TYPES,
             )
             compact_file = CompactModel.from_pipeline(pipeline, version=run_id).save(Path(tmp) / "model.npz")
             mlflow.log_artifact(str(compact_file), artifact_path=COMPACT_ARTIFACT.rsplit("/", 1)[0])
         version = _register(client, name, info.model_id, run_id)
         client.set_registered_model_alias(name, alias, version)
         artifact_uri = client.get_logged_model(info.model_id).artifact_location
-    return RegisteredModel(run_id, info.model_id, str(version), score, str(experiment_id), artifact_uri,
-                           fit_seconds=fit_seconds, pipeline=pipeline)
+    return RegisteredModel(
+        run_id,
+        info.model_id,
+        str(version),
+        score,
+        str(experiment_id),
+        artifact_uri,
+        fit_seconds=fit_seconds,
+        pipeline=pipeline,
+    )
 
 
 def ensure_registered_model(**train_kwargs) -> RegisteredModel:
@@ -181,8 +209,14 @@ def ensure_registered_model(**train_kwargs) -> RegisteredModel:
             model_id = found.model_id or _model_id_from_source(found.source)
             artifact_uri = client.get_logged_model(model_id).artifact_location
             if _artifacts_exist(artifact_uri, "MLmodel") and _artifacts_exist(run.info.artifact_uri, COMPACT_ARTIFACT):
-                return RegisteredModel(found.run_id, model_id, str(found.version), run.data.metrics.get("rmse", float("nan")),
-                                       run.info.experiment_id, artifact_uri)
+                return RegisteredModel(
+                    found.run_id,
+                    model_id,
+                    str(found.version),
+                    run.data.metrics.get("rmse", float("nan")),
+                    run.info.experiment_id,
+                    artifact_uri,
+                )
         except MlflowException:
             pass  # no such model or alias yet
     return train_and_register(**train_kwargs)
@@ -254,7 +288,9 @@ def _run_id_over_rest(base: str, spec: str, target: tuple[str, ...]) -> str:
     if kind == "logged":
         return _rest(base, spec, f"logged-models/{target[1]}")["model"]["info"].get("source_run_id", "")
     if kind == "alias":
-        return _rest(base, spec, "registered-models/alias", name=target[1], alias=target[2])["model_version"].get("run_id", "")
+        return _rest(base, spec, "registered-models/alias", name=target[1], alias=target[2])["model_version"].get(
+            "run_id", ""
+        )
     return _rest(base, spec, "model-versions/get", name=target[1], version=target[2])["model_version"].get("run_id", "")
 
 
@@ -306,7 +342,9 @@ def _load_with_mlflow(spec: str, target: tuple[str, ...]) -> CompactModel:
             raise ModelNotFound(f"no model at {spec} on {mlflow.get_tracking_uri()}: {_first_line(exc)}") from None
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                local = mlflow.artifacts.download_artifacts(artifact_uri=f"{artifact_uri}/{COMPACT_ARTIFACT}", dst_path=tmp)
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{artifact_uri}/{COMPACT_ARTIFACT}", dst_path=tmp
+                )
                 return CompactModel.load(local)
             except Exception:  # a model registered by other means: export it on the fly
                 pass
@@ -315,8 +353,10 @@ def _load_with_mlflow(spec: str, target: tuple[str, ...]) -> CompactModel:
 
             pipeline = mlflow.sklearn.load_model(spec)
         except Exception as exc:  # ImportError too: the light image has no scikit-learn
-            raise ModelNotFound(f"{spec} resolves to run {run_id}, but neither {COMPACT_ARTIFACT} nor an "
-                                f"scikit-learn model could be read: {_first_line(exc)}") from None
+            raise ModelNotFound(
+                f"{spec} resolves to run {run_id}, but neither {COMPACT_ARTIFACT} nor an "
+                f"scikit-learn model could be read: {_first_line(exc)}"
+            ) from None
     return CompactModel.from_pipeline(pipeline, version=run_id)
 
 
@@ -341,9 +381,11 @@ def _load_run_from_s3(run_id: str, experiment_ids: list[str] | None = None) -> C
             raise
         except ModelNotFound:
             continue
-    raise ModelNotFound(f"no run {run_id} with {COMPACT_ARTIFACT} in s3://{bucket}/ "
-                        f"(experiments looked in: {', '.join(experiment_ids) or 'none'}): "
-                        "check the id, MODEL_BUCKET and MLFLOW_EXPERIMENT_ID")
+    raise ModelNotFound(
+        f"no run {run_id} with {COMPACT_ARTIFACT} in s3://{bucket}/ "
+        f"(experiments looked in: {', '.join(experiment_ids) or 'none'}): "
+        "check the id, MODEL_BUCKET and MLFLOW_EXPERIMENT_ID"
+    )
 
 
 def _load_model_id_from_s3(model_id: str) -> CompactModel:
@@ -363,8 +405,10 @@ def _load_model_id_from_s3(model_id: str) -> CompactModel:
         if not found:
             raise ModelNotFound(f"the MLmodel file of {model_id} names no run: load it with models:/{model_id}")
         return _load_run_from_s3(found.group(1), [experiment_id])
-    raise ModelNotFound(f"no model {model_id} in s3://{bucket}/ (experiments looked in: "
-                        f"{', '.join(experiment_ids) or 'none'}): check the id, MODEL_BUCKET and MLFLOW_EXPERIMENT_ID")
+    raise ModelNotFound(
+        f"no model {model_id} in s3://{bucket}/ (experiments looked in: "
+        f"{', '.join(experiment_ids) or 'none'}): check the id, MODEL_BUCKET and MLFLOW_EXPERIMENT_ID"
+    )
 
 
 def _experiment_ids_in(bucket: str) -> list[str]:
@@ -381,7 +425,9 @@ def _experiment_ids_in(bucket: str) -> list[str]:
         code = exc.response.get("Error", {}).get("Code", "")
         raise ModelNotFound(f"cannot list s3://{bucket}/ ({code}): check MODEL_BUCKET and the credentials") from None
     except BotoCoreError as exc:
-        raise ModelStoreUnavailable(f"S3 does not answer ({exc}): is the stand-in up (python -m ride_duration.standins up)?") from None
+        raise ModelStoreUnavailable(
+            f"S3 does not answer ({exc}): is the stand-in up (python -m ride_duration.standins up)?"
+        ) from None
     return sorted((p for p in prefixes if p.isdigit()), key=int)
 
 
@@ -461,7 +507,9 @@ def _signature():
     from mlflow.types import ColSpec, Schema
 
     return ModelSignature(
-        inputs=Schema([ColSpec("long", "PULocationID"), ColSpec("long", "DOLocationID"), ColSpec("double", "trip_distance")]),
+        inputs=Schema(
+            [ColSpec("long", "PULocationID"), ColSpec("long", "DOLocationID"), ColSpec("double", "trip_distance")]
+        ),
         outputs=Schema([ColSpec("double")]),
     )
 
@@ -503,10 +551,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ride_duration.registry",
         description="Make sure MODEL_NAME@MODEL_ALIAS names a trained random forest (train and register "
-                    "one if not), or load a model to check it. Needs MLFLOW_TRACKING_URI: "
-                    "`source .standins/env` after `make standins-up`, or your own server.")
-    parser.add_argument("--retrain", action="store_true", help="train and register a new version even if the alias resolves")
-    parser.add_argument("--load", metavar="SPEC", help="load this model (URI, run id or model id) and print its version")
+        "one if not), or load a model to check it. Needs MLFLOW_TRACKING_URI: "
+        "`source .standins/env` after `make standins-up`, or your own server.",
+    )
+    parser.add_argument(
+        "--retrain", action="store_true", help="train and register a new version even if the alias resolves"
+    )
+    parser.add_argument(
+        "--load", metavar="SPEC", help="load this model (URI, run id or model id) and print its version"
+    )
     args = parser.parse_args(argv)
     try:
         if args.load:
@@ -515,16 +568,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.load}: run {model.version}, loaded in {time.perf_counter() - started:.1f} s")
             return 0
         if not os.environ.get("MLFLOW_TRACKING_URI"):
-            print("error: MLFLOW_TRACKING_URI is not set: `source .standins/env` (after `make standins-up`) "
-                  "or point it at your tracking server", file=sys.stderr)
+            print(
+                "error: MLFLOW_TRACKING_URI is not set: `source .standins/env` (after `make standins-up`) "
+                "or point it at your tracking server",
+                file=sys.stderr,
+            )
             return 1
         registered = train_and_register() if args.retrain else ensure_registered_model()
     except ModelNotFound as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     how = f"trained in {registered.fit_seconds:.0f} s" if registered.fit_seconds is not None else "already registered"
-    print(f"models:/{model_name()}@{model_alias()} = version {registered.version} ({how}), "
-          f"run {registered.run_id}, validation RMSE {registered.rmse:.4f}")
+    print(
+        f"models:/{model_name()}@{model_alias()} = version {registered.version} ({how}), "
+        f"run {registered.run_id}, validation RMSE {registered.rmse:.4f}"
+    )
     print(f"model: {registered.artifact_uri}\nserving export: {registered.compact_uri}")
     return 0
 

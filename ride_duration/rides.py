@@ -4,6 +4,7 @@ A ride is a JSON object with PULocationID and DOLocationID (integers 1..265, the
 zones) and trip_distance (miles, a finite number from 0 to MAX_TRIP_DISTANCE). Extra
 fields are ignored. Errors name the field, so a client can fix its request.
 """
+
 from __future__ import annotations
 
 import math

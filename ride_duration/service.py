@@ -15,6 +15,7 @@ is read as JSON whatever its Content-Type. Limits, from environment variables [d
 MAX_RIDES_PER_REQUEST [1000]     longest list of rides answered in one request (else 400)
 MAX_REQUEST_BYTES [1048576]      largest body read (else 413); 1000 rides take about 70 kB
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,9 @@ def max_request_bytes() -> int:
     return config.env_int("MAX_REQUEST_BYTES", DEFAULT_MAX_BODY_BYTES)
 
 
-def create_app(model, *, version: str | None = None, max_rides: int | None = None,
-               max_body_bytes: int | None = None) -> Flask:
+def create_app(
+    model, *, version: str | None = None, max_rides: int | None = None, max_body_bytes: int | None = None
+) -> Flask:
     """A Flask app answering /predict with `model` and /health with its version.
 
     Args:
@@ -120,8 +122,9 @@ def parse_rides(body: bytes, max_rides: int) -> tuple[list[dict], bool]:
         if len(payload) > max_rides:
             raise InvalidRide(f"too many rides: at most {max_rides} per request, got {len(payload)}")
         return [validate_ride(ride, where=f"rides[{i}]") for i, ride in enumerate(payload)], False
-    raise InvalidRide(f"the request body must be a JSON object (one ride) or a list of rides, "
-                      f"got {_json_kind(payload)}")
+    raise InvalidRide(
+        f"the request body must be a JSON object (one ride) or a list of rides, got {_json_kind(payload)}"
+    )
 
 
 def read_request_body(environ: dict, max_bytes: int) -> bytes | None:

@@ -30,6 +30,7 @@ code. The dummy credentials `test`/`test` below are for the stand-in only.
 
 Linux only: process groups are inspected through /proc.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -133,22 +134,44 @@ def up(with_mlflow: bool = True) -> dict[str, str]:
             _stop(s, "moto")  # a leftover that no longer answers
             _refuse_foreign(s, "moto", s.moto_url)
             # AWS-managed IAM policies (AWSLambdaKinesisExecutionRole) exist only when loaded.
-            _start(s, "moto", [sys.executable, "-m", "moto.server", "-H", s.host, "-p", str(s.moto_port)],
-                   {**env, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"}, lambda: _moto_answers(s), MOTO_START_TIMEOUT)
+            _start(
+                s,
+                "moto",
+                [sys.executable, "-m", "moto.server", "-H", s.host, "-p", str(s.moto_port)],
+                {**env, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"},
+                lambda: _moto_answers(s),
+                MOTO_START_TIMEOUT,
+            )
         _create_bucket(s)
         if with_mlflow and not _running(s, "mlflow"):
             _stop(s, "mlflow")
             _refuse_foreign(s, "mlflow", s.mlflow_url)
             command = [
-                sys.executable, "-m", "mlflow", "server",
-                "--backend-store-uri", f"sqlite:///{s.mlflow_db}",
-                "--default-artifact-root", f"s3://{s.bucket}/",
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{s.mlflow_db}",
+                "--default-artifact-root",
+                f"s3://{s.bucket}/",
                 "--no-serve-artifacts",  # clients read and write S3 themselves
-                "--host", s.host, "--port", str(s.mlflow_port), "--workers", "1",
+                "--host",
+                s.host,
+                "--port",
+                str(s.mlflow_port),
+                "--workers",
+                "1",
             ]
             # The job runner costs memory and start-up time, and nothing here uses it.
-            _start(s, "mlflow", command, {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                   lambda: _mlflow_answers(s), MLFLOW_START_TIMEOUT)
+            _start(
+                s,
+                "mlflow",
+                command,
+                {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                lambda: _mlflow_answers(s),
+                MLFLOW_START_TIMEOUT,
+            )
         s.env_file.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()))
     return env
 
@@ -187,8 +210,7 @@ def status() -> dict:
     report = {}
     for service, url in (("moto", s.moto_url), ("mlflow", s.mlflow_url)):
         pid = _read_pid(s, service)
-        report[service] = {"url": url, "pid": pid,
-                           "running": bool(pid and group_members(pid) and answers[service](s))}
+        report[service] = {"url": url, "pid": pid, "running": bool(pid and group_members(pid) and answers[service](s))}
     report.update(bucket=s.bucket, directory=str(s.directory))
     return report
 
@@ -220,15 +242,24 @@ def _start(s: Settings, service: str, command: list[str], env: dict[str, str], a
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=s.directory,
-            env=env, start_new_session=True,  # its own process group, pgid == pid
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=s.directory,
+            env=env,
+            start_new_session=True,  # its own process group, pgid == pid
         )
     _children[process.pid] = process
     s.pid_file(service).write_text(str(process.pid))
     deadline = time.monotonic() + timeout
     while not answers():
         if process.poll() is not None or time.monotonic() > deadline:
-            reason = f"exited with code {process.returncode}" if process.returncode is not None else f"did not answer within {timeout:.0f} s"
+            reason = (
+                f"exited with code {process.returncode}"
+                if process.returncode is not None
+                else f"did not answer within {timeout:.0f} s"
+            )
             _stop(s, service)
             tail = log.read_text(errors="replace").strip().splitlines()[-15:]
             raise StandinError(f"{service} {reason}; its log {log} ends with:\n" + "\n".join(tail))
@@ -327,8 +358,9 @@ def _mlflow_answers(s: Settings) -> bool:
 def _create_bucket(s: Settings) -> None:
     import boto3
 
-    client = boto3.client("s3", endpoint_url=s.moto_url, region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")
+    client = boto3.client(
+        "s3", endpoint_url=s.moto_url, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+    )
     try:
         client.create_bucket(Bucket=s.bucket)
     except client.exceptions.BucketAlreadyOwnedByYou:
@@ -346,9 +378,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             started = time.perf_counter()
             up(with_mlflow=not args.no_mlflow)
-            print(f"stand-ins up in {time.perf_counter() - started:.1f} s: S3/Kinesis/IAM/Lambda at {s.moto_url}"
-                  + ("" if args.no_mlflow else f", MLflow at {s.mlflow_url}")
-                  + f", bucket {s.bucket}\nenvironment: source {s.env_file}")
+            print(
+                f"stand-ins up in {time.perf_counter() - started:.1f} s: S3/Kinesis/IAM/Lambda at {s.moto_url}"
+                + ("" if args.no_mlflow else f", MLflow at {s.mlflow_url}")
+                + f", bucket {s.bucket}\nenvironment: source {s.env_file}"
+            )
         elif args.command == "down":
             down()
             print("stand-ins stopped")

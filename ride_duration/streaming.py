@@ -37,6 +37,7 @@ the lowest reported sequence number on):
 Only numpy, boto3 and the package's light modules are imported here: this is the Lambda's
 cold start.
 """
+
 from __future__ import annotations
 
 import base64
@@ -46,8 +47,8 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from ride_duration import config
 from ride_duration.rides import InvalidRide, validate_ride
@@ -63,8 +64,13 @@ MAX_BYTES_PER_CALL = 5 * 1024 * 1024
 MAX_PARTITION_KEY_LENGTH = 256
 # Error codes worth another attempt; anything else (missing stream, no permission) is final.
 RETRYABLE_ERRORS = {
-    "ProvisionedThroughputExceededException", "InternalFailure", "InternalFailureException",
-    "ServiceUnavailable", "ThrottlingException", "LimitExceededException", "ConnectionError",
+    "ProvisionedThroughputExceededException",
+    "InternalFailure",
+    "InternalFailureException",
+    "ServiceUnavailable",
+    "ThrottlingException",
+    "LimitExceededException",
+    "ConnectionError",
 }
 
 
@@ -93,8 +99,10 @@ def model_location() -> str:
         return run_artifact_url(config.model_bucket(), experiment_id, run_id)
     from ride_duration.models import ModelNotFound
 
-    raise ModelNotFound("no model configured: set MODEL_LOCATION (s3://bucket/key.npz or a local .npz), "
-                        "or RUN_ID and MLFLOW_EXPERIMENT_ID (and MODEL_BUCKET)")
+    raise ModelNotFound(
+        "no model configured: set MODEL_LOCATION (s3://bucket/key.npz or a local .npz), "
+        "or RUN_ID and MLFLOW_EXPERIMENT_ID (and MODEL_BUCKET)"
+    )
 
 
 def kinesis_client():
@@ -103,8 +111,9 @@ def kinesis_client():
     from botocore.config import Config
 
     # One botocore retry per call at most: KinesisWriter does its own, per entry, with backoff.
-    return boto3.client("kinesis", config=Config(connect_timeout=3, read_timeout=5,
-                                                 retries={"mode": "standard", "max_attempts": 2}))
+    return boto3.client(
+        "kinesis", config=Config(connect_timeout=3, read_timeout=5, retries={"mode": "standard", "max_attempts": 2})
+    )
 
 
 # ---- records ------------------------------------------------------------------------
@@ -133,11 +142,15 @@ def decode_record(record: dict) -> tuple[int | str, dict]:
         raise BadRecord(f"event is missing field(s): {', '.join(missing)}")
     ride_id = payload["ride_id"]
     # The id becomes the partition key, whose length Kinesis limits.
-    valid_id = isinstance(ride_id, (int, str)) and not isinstance(ride_id, bool) and (
-        0 < len(str(ride_id)) <= MAX_PARTITION_KEY_LENGTH)
+    valid_id = (
+        isinstance(ride_id, (int, str))
+        and not isinstance(ride_id, bool)
+        and (0 < len(str(ride_id)) <= MAX_PARTITION_KEY_LENGTH)
+    )
     if not valid_id:
-        raise BadRecord(f"ride_id must be an integer or a string of 1 to {MAX_PARTITION_KEY_LENGTH} "
-                        f"characters, got {ride_id!r:.40}")
+        raise BadRecord(
+            f"ride_id must be an integer or a string of 1 to {MAX_PARTITION_KEY_LENGTH} characters, got {ride_id!r:.40}"
+        )
     try:
         return ride_id, validate_ride(payload["ride"], where="ride")
     except InvalidRide as exc:
@@ -145,8 +158,11 @@ def decode_record(record: dict) -> tuple[int | str, dict]:
 
 
 def prediction_event(ride_id, duration: float, version: str) -> dict:
-    return {"model": MODEL_NAME, "version": version,
-            "prediction": {"ride_duration": float(duration), "ride_id": ride_id}}
+    return {
+        "model": MODEL_NAME,
+        "version": version,
+        "prediction": {"ride_duration": float(duration), "ride_id": ride_id},
+    }
 
 
 # ---- writing: PutRecords in chunks, failed entries retried with backoff --------------
@@ -172,9 +188,17 @@ class KinesisWriter:
     exponential backoff with full jitter; an entry that succeeded is never sent again.
     """
 
-    def __init__(self, stream: str, client=None, max_attempts: int | None = None, base_delay: float = 0.05,
-                 max_delay: float = 2.0, time_budget: float = 10.0, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        stream: str,
+        client=None,
+        max_attempts: int | None = None,
+        base_delay: float = 0.05,
+        max_delay: float = 2.0,
+        time_budget: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.stream = stream
         self.client = client if client is not None else kinesis_client()
         self.max_attempts = max(1, max_attempts or config.env_int("PUT_RECORDS_MAX_ATTEMPTS", 5))
@@ -189,7 +213,7 @@ class KinesisWriter:
         started = self.clock()
         for attempt in range(self.max_attempts):
             if attempt:
-                delay = random.uniform(0, min(self.max_delay, self.base_delay * 2 ** attempt))
+                delay = random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
                 if self.clock() - started + delay > self.time_budget:
                     break
                 self.sleep(delay)
@@ -224,8 +248,11 @@ class KinesisWriter:
             return [(i, "ConnectionError", str(exc)) for i in chunk]
         if not response.get("FailedRecordCount"):
             return []
-        return [(i, result["ErrorCode"], result.get("ErrorMessage", ""))
-                for i, result in zip(chunk, response["Records"]) if result.get("ErrorCode")]
+        return [
+            (i, result["ErrorCode"], result.get("ErrorMessage", ""))
+            for i, result in zip(chunk, response["Records"])
+            if result.get("ErrorCode")
+        ]
 
 
 def _chunks(indices: list[int], entries: list[dict]) -> list[list[int]]:
@@ -278,13 +305,21 @@ class PredictionService:
         if self.writer is not None and predictions:
             entries = [{"Data": json.dumps(p).encode(), "PartitionKey": str(i)} for p, i in zip(predictions, ride_ids)]
             for failure in self.writer.put(entries).failed:
-                log.error("undelivered prediction for record %s (ride_id %s): %s %s",
-                          sequence_numbers[failure.index], ride_ids[failure.index], failure.code, failure.message)
+                log.error(
+                    "undelivered prediction for record %s (ride_id %s): %s %s",
+                    sequence_numbers[failure.index],
+                    ride_ids[failure.index],
+                    failure.code,
+                    failure.message,
+                )
                 failed.append(sequence_numbers[failure.index])
         order = {r.get("kinesis", {}).get("sequenceNumber"): n for n, r in enumerate(event.get("Records", []))}
         failed.sort(key=order.__getitem__)
-        return {"predictions": predictions, "batchItemFailures": [{"itemIdentifier": s} for s in failed],
-                "rejected": rejected}
+        return {
+            "predictions": predictions,
+            "batchItemFailures": [{"itemIdentifier": s} for s in failed],
+            "rejected": rejected,
+        }
 
 
 def service_from_env() -> PredictionService:
@@ -331,8 +366,9 @@ class ShardReader:
 
     def iterator(self, shard_id: str, position: str, sequence_number: str | None = None) -> str:
         extra = {"StartingSequenceNumber": sequence_number} if sequence_number else {}
-        return self.client.get_shard_iterator(StreamName=self.stream, ShardId=shard_id,
-                                              ShardIteratorType=position, **extra)["ShardIterator"]
+        return self.client.get_shard_iterator(
+            StreamName=self.stream, ShardId=shard_id, ShardIteratorType=position, **extra
+        )["ShardIterator"]
 
     def read_all(self, expected: int | None = None, timeout: float = 30.0, limit: int = 1000) -> list[dict]:
         """Every record until the stream is drained (or `expected` arrived, or timeout).
@@ -358,8 +394,13 @@ class ShardReader:
         return records
 
 
-def read_predictions(stream: str | None = None, client=None, expected: int | None = None,
-                     timeout: float = 30.0, reader: ShardReader | None = None) -> list[dict]:
+def read_predictions(
+    stream: str | None = None,
+    client=None,
+    expected: int | None = None,
+    timeout: float = 30.0,
+    reader: ShardReader | None = None,
+) -> list[dict]:
     """The prediction events on a stream (from its start, or from where `reader` stands)."""
     reader = reader or ShardReader(stream or predictions_stream(), client)
     return [json.loads(r["Data"]) for r in reader.read_all(expected=expected, timeout=timeout)]
@@ -368,22 +409,27 @@ def read_predictions(stream: str | None = None, client=None, expected: int | Non
 # ---- the local event-source mapping -------------------------------------------------------
 def kinesis_event(records: list[dict], shard_id: str, stream_arn: str, region: str, role_arn: str) -> dict:
     """A Lambda Kinesis event, field for field, from GetRecords' records."""
-    return {"Records": [{
-        "kinesis": {
-            "kinesisSchemaVersion": "1.0",
-            "partitionKey": r["PartitionKey"],
-            "sequenceNumber": r["SequenceNumber"],
-            "data": base64.b64encode(r["Data"]).decode(),
-            "approximateArrivalTimestamp": r["ApproximateArrivalTimestamp"].timestamp(),
-        },
-        "eventSource": "aws:kinesis",
-        "eventVersion": "1.0",
-        "eventID": f"{shard_id}:{r['SequenceNumber']}",
-        "eventName": "aws:kinesis:record",
-        "invokeIdentityArn": role_arn,
-        "awsRegion": region,
-        "eventSourceARN": stream_arn,
-    } for r in records]}
+    return {
+        "Records": [
+            {
+                "kinesis": {
+                    "kinesisSchemaVersion": "1.0",
+                    "partitionKey": r["PartitionKey"],
+                    "sequenceNumber": r["SequenceNumber"],
+                    "data": base64.b64encode(r["Data"]).decode(),
+                    "approximateArrivalTimestamp": r["ApproximateArrivalTimestamp"].timestamp(),
+                },
+                "eventSource": "aws:kinesis",
+                "eventVersion": "1.0",
+                "eventID": f"{shard_id}:{r['SequenceNumber']}",
+                "eventName": "aws:kinesis:record",
+                "invokeIdentityArn": role_arn,
+                "awsRegion": region,
+                "eventSourceARN": stream_arn,
+            }
+            for r in records
+        ]
+    }
 
 
 class LocalEventSourceMapping:
@@ -398,13 +444,24 @@ class LocalEventSourceMapping:
     the checkpoint moves past it.
     """
 
-    def __init__(self, handler: Callable, stream: str | None = None, client=None, batch_size: int = 100,
-                 max_retries: int = 2, starting_position: str = "TRIM_HORIZON",
-                 checkpoints: dict[str, str] | None = None, role_arn: str | None = None, context=None):
+    def __init__(
+        self,
+        handler: Callable,
+        stream: str | None = None,
+        client=None,
+        batch_size: int = 100,
+        max_retries: int = 2,
+        starting_position: str = "TRIM_HORIZON",
+        checkpoints: dict[str, str] | None = None,
+        role_arn: str | None = None,
+        context=None,
+    ):
         self.handler, self.batch_size, self.max_retries, self.context = handler, batch_size, max_retries, context
         self.reader = ShardReader(stream or ride_events_stream(), client, starting_position)
         self.client, self.stream = self.reader.client, self.reader.stream
-        self.stream_arn = self.client.describe_stream_summary(StreamName=self.stream)["StreamDescriptionSummary"]["StreamARN"]
+        self.stream_arn = self.client.describe_stream_summary(StreamName=self.stream)["StreamDescriptionSummary"][
+            "StreamARN"
+        ]
         account = self.stream_arn.split(":")[4]
         self.role_arn = role_arn or f"arn:aws:iam::{account}:role/lambda-kinesis-role"
         self.checkpoints = dict(checkpoints or {})  # shard id -> last sequence number done
@@ -462,13 +519,24 @@ class LocalEventSourceMapping:
         previous, count = self._retries.get(shard_id, (None, 0))
         count = count + 1 if previous == retried else 1
         if count > self.max_retries:
-            self.discarded.append({
-                "condition": "RetryAttemptsExhausted", "approximateInvokeCount": count,
-                "shardId": shard_id, "streamArn": self.stream_arn, "batchSize": len(records) - first_failed,
-                "startSequenceNumber": retried, "endSequenceNumber": records[-1]["SequenceNumber"],
-            })
-            log.error("gave up on %s records %s..%s after %d retries", shard_id, retried,
-                      records[-1]["SequenceNumber"], self.max_retries)
+            self.discarded.append(
+                {
+                    "condition": "RetryAttemptsExhausted",
+                    "approximateInvokeCount": count,
+                    "shardId": shard_id,
+                    "streamArn": self.stream_arn,
+                    "batchSize": len(records) - first_failed,
+                    "startSequenceNumber": retried,
+                    "endSequenceNumber": records[-1]["SequenceNumber"],
+                }
+            )
+            log.error(
+                "gave up on %s records %s..%s after %d retries",
+                shard_id,
+                retried,
+                records[-1]["SequenceNumber"],
+                self.max_retries,
+            )
             self._done(shard_id, records[-1]["SequenceNumber"])
             return
         self._retries[shard_id] = (retried, count)
@@ -496,8 +564,9 @@ def ride_entries(rides: list[dict], ride_ids: list) -> list[dict]:
     return [{"Data": encode_ride_event(r, i), "PartitionKey": str(i)} for r, i in zip(rides, ride_ids)]
 
 
-def run_loop(handler: Callable, entries: list[dict], batch_size: int = 100, timeout: float = 120.0,
-             client=None) -> LoopResult:
+def run_loop(
+    handler: Callable, entries: list[dict], batch_size: int = 100, timeout: float = 120.0, client=None
+) -> LoopResult:
     """Events in, predictions out, on the Kinesis that boto3 points at (the stand-in).
 
     Creates the streams if needed, reads both from their current end (earlier runs' records
@@ -520,5 +589,6 @@ def run_loop(handler: Callable, entries: list[dict], batch_size: int = 100, time
     report = KinesisWriter(ride_events_stream(), client).put(entries)
     mapping.run(timeout)
     predictions = read_predictions(reader=reader)
-    return LoopResult(report.sent, predictions, rejected, mapping.discarded, mapping.invocations,
-                      time.perf_counter() - started)
+    return LoopResult(
+        report.sent, predictions, rejected, mapping.discarded, mapping.invocations, time.perf_counter() - started
+    )

@@ -3,10 +3,13 @@
 Heavier than ride_duration.streaming on purpose: it starts the stand-ins, reads TLC rides
 with pandas and fetches the registered model through MLflow. The Lambda never imports it.
 """
+
 from __future__ import annotations
 
 
-def sample_rides(count: int, taxi_type: str = "green", year: int = 2021, month: int = 2) -> tuple[list[dict], list[str]]:
+def sample_rides(
+    count: int, taxi_type: str = "green", year: int = 2021, month: int = 2
+) -> tuple[list[dict], list[str]]:
     """The month's first `count` clean rides and stable ids for them ("green-2021-02-<row>")."""
     from ride_duration.data import read_trips
     from ride_duration.features import RIDE_FIELDS
@@ -35,5 +38,7 @@ def demo(n_rides: int = 300) -> str:
     result = streaming.run_loop(lambda event, context: service.handle(event), streaming.ride_entries(rides, ride_ids))
     by_id = {p["prediction"]["ride_id"]: p["prediction"]["ride_duration"] for p in result.predictions}
     examples = ", ".join(f"{i}: {by_id[i]:.1f} min" for i in ride_ids[:3] if i in by_id)
-    return (f"{len(by_id)}/{n_rides} rides predicted via Kinesis + handler on the stand-ins "
-            f"in {result.invocations} batches ({examples})")
+    return (
+        f"{len(by_id)}/{n_rides} rides predicted via Kinesis + handler on the stand-ins "
+        f"in {result.invocations} batches ({examples})"
+    )

@@ -11,6 +11,7 @@ of any size looks like the real one to the model and to the cleaning code.
 writes data/synthetic/SYNTHETIC_<taxi>_tripdata_<YYYY>-<MM>_<rows>.parquet, whose parquet
 metadata says `synthetic: true`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,8 +73,15 @@ def profile(raw) -> Profile:
     )
 
 
-def generate(rows: int, taxi_type: str = "green", year: int = 2021, month: int = 1,
-             seed: int = 0, reference: tuple[str, int, int] = ("green", 2021, 1), measured: Profile | None = None):
+def generate(
+    rows: int,
+    taxi_type: str = "green",
+    year: int = 2021,
+    month: int = 1,
+    seed: int = 0,
+    reference: tuple[str, int, int] = ("green", 2021, 1),
+    measured: Profile | None = None,
+):
     """A DataFrame of `rows` synthetic trips in the TLC schema; df.attrs['synthetic'] is True."""
     import pandas as pd
 

@@ -6,6 +6,7 @@
 writes <output>/<name>.pkl (the scikit-learn pipeline) and <name>.npz (its compact serving
 export, see ride_duration.compact) and prints the validation RMSE.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,7 +73,9 @@ def parse_month(text: str) -> tuple[str, int, int]:
     return taxi_type, int(year), int(month)
 
 
-def train(kind: str = "linear", train_month: str = "green:2021-01", valid_month: str = "green:2021-02") -> TrainingResult:
+def train(
+    kind: str = "linear", train_month: str = "green:2021-01", valid_month: str = "green:2021-02"
+) -> TrainingResult:
     from ride_duration.data import read_trips
 
     train_df, _ = read_trips(*parse_month(train_month))
@@ -111,8 +114,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     result = train(args.model, args.train, args.valid)
     pkl, npz = save(result.pipeline, args.output or config.models_dir(), MODEL_NAMES[args.model])
-    print(f"{args.model}: validation RMSE {result.rmse:.4f} on {result.valid_rows:,} rides "
-          f"({result.train_rows:,} to fit, {result.fit_seconds:.1f} s)")
+    print(
+        f"{args.model}: validation RMSE {result.rmse:.4f} on {result.valid_rows:,} rides "
+        f"({result.train_rows:,} to fit, {result.fit_seconds:.1f} s)"
+    )
     print(f"model: {pkl}\nserving export: {npz}")
 
 

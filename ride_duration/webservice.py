@@ -4,6 +4,7 @@
 
 Prints one short line per ride, and one for a bad ride (the service's 400 and its error).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,9 +45,12 @@ def demo(model_path: str | Path | None = None, rides: list[dict] = SAMPLE_RIDES)
     with serve_in_background(WEB_SERVICE, env={"MODEL_PATH": str(model_path.resolve())}) as service:
         for ride in rides:
             status, answer = post(service.predict_url, ride)
-            lines.append(f"{ride['PULocationID']:>3} -> {ride['DOLocationID']:<3} {ride['trip_distance']:5.2f} mi: "
-                         f"{answer['duration']:5.1f} min  [{answer['model_version']}]" if status == 200
-                         else f"{ride}: HTTP {status} {answer}")
+            lines.append(
+                f"{ride['PULocationID']:>3} -> {ride['DOLocationID']:<3} {ride['trip_distance']:5.2f} mi: "
+                f"{answer['duration']:5.1f} min  [{answer['model_version']}]"
+                if status == 200
+                else f"{ride}: HTTP {status} {answer}"
+            )
         status, answer = post(service.predict_url, BAD_RIDE)
         lines.append(f"bad ride -> HTTP {status}: {answer['error']}")
     return lines

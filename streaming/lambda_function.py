@@ -9,8 +9,10 @@ that Lambda never re-delivers the valid records behind it.
 
 The model is loaded here, at import: Lambda runs that once per container, in its init
 phase, and every invocation reuses it. Only numpy and boto3 are imported (no scikit-learn,
-pandas or MLflow): the cold start took 0.5-0.6 s and 64-77 MB here (benchmarks/streaming.py).
+pandas or MLflow), so the cold start stays well inside Lambda's defaults: see Performance in
+the repository's README.
 """
+
 from ride_duration.streaming import service_from_env
 
 SERVICE = service_from_env()

@@ -14,6 +14,7 @@ so the mapping never re-delivers the rides behind them and "every ride once" can
 Under the handler's default (report, Lambda's contract) the rides behind each malformed
 event would be predicted again on every retry (see streaming/README.md, Failures).
 """
+
 import argparse
 import logging
 import os
@@ -25,8 +26,12 @@ from pathlib import Path
 from ride_duration import standins, streaming
 from ride_duration.streaming_demo import registered_model_location, sample_rides
 
-MALFORMED = [b"not json", b'{"ride_id": 1}', b'{"ride": {"PULocationID": 0, "DOLocationID": 1, "trip_distance": 1}, '
-             b'"ride_id": 2}', b'{"ride": {"PULocationID": 1, "DOLocationID": 1, "trip_distance": "far"}, "ride_id": 3}']
+MALFORMED = [
+    b"not json",
+    b'{"ride_id": 1}',
+    b'{"ride": {"PULocationID": 0, "DOLocationID": 1, "trip_distance": 1}, "ride_id": 2}',
+    b'{"ride": {"PULocationID": 1, "DOLocationID": 1, "trip_distance": "far"}, "ride_id": 3}',
+]
 
 
 def main(argv=None) -> None:
@@ -46,17 +51,22 @@ def main(argv=None) -> None:
 
     rides, ride_ids = sample_rides(args.rides)
     entries = streaming.ride_entries(rides, ride_ids)
-    bad = [{"Data": random.Random(n).choice(MALFORMED), "PartitionKey": f"bad-{n}"}
-           for n in range(round(args.rides * args.malformed))]
+    bad = [
+        {"Data": random.Random(n).choice(MALFORMED), "PartitionKey": f"bad-{n}"}
+        for n in range(round(args.rides * args.malformed))
+    ]
     for n, entry in enumerate(bad):  # scattered among the rides, the same way every run
         entries.insert(random.Random(-n).randrange(len(entries) + 1), entry)
     result = streaming.run_loop(lambda_function.lambda_handler, entries)
 
     counts = Counter(p["prediction"]["ride_id"] for p in result.predictions)
+    once = set(counts) == set(ride_ids) and max(counts.values(), default=0) <= 1
     print(f"model {lambda_function.SERVICE.model.version} from {os.environ['MODEL_LOCATION']}")
-    print(f"{result.sent} events in, {len(result.predictions)} predictions out in {result.invocations} batches "
-          f"({result.seconds:.1f} s); every ride once: {set(counts) == set(ride_ids) and max(counts.values(), default=0) <= 1}; "
-          f"rejected {len(result.rejected)} of {len(bad)} malformed (MALFORMED_RECORDS=reject: not retried)")
+    print(
+        f"{result.sent} events in, {len(result.predictions)} predictions out in {result.invocations} batches "
+        f"({result.seconds:.1f} s); every ride once: {once}; "
+        f"rejected {len(result.rejected)} of {len(bad)} malformed (MALFORMED_RECORDS=reject: not retried)"
+    )
     if result.discarded:  # only undelivered predictions or a failing handler lead here under reject
         print(f"gave up on {len(result.discarded)} batch(es) after the retries: {result.discarded}")
     for prediction in result.predictions[:3]:

@@ -15,6 +15,7 @@ PREDICTIONS_STREAM_NAME [ride_predictions], the model: MODEL_LOCATION, or RUN_ID
 MLFLOW_EXPERIMENT_ID + MODEL_BUCKET [ride-duration-models]. boto3 finds the account and
 region as usual (AWS_PROFILE, AWS_DEFAULT_REGION; AWS_ENDPOINT_URL for the stand-in).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,10 +30,9 @@ from ride_duration.models import ModelNotFound, split_s3_url
 
 KINESIS_EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AWSLambdaKinesisExecutionRole"
 INLINE_POLICY_NAME = "ride-duration-stream-access"
-# Measured by benchmarks/streaming.py (2 busy cores): a cold start, imports + the 7.7 MB forest
-# from S3, takes 0.7-1.5 s and peaks at 80 MB (66 MB with the linear model). 128 MB would
-# hold that, but Lambda's CPU share grows with memory (1,769 MB = 1 vCPU): 256 MB doubles
-# it for the imports and for the forest (13-19 ms a 100-record batch on a full core), at
+# The cold start's time and peak memory are in the README's Performance section
+# (benchmarks/streaming.py). 128 MB would hold it, but Lambda's CPU share grows with memory
+# (1,769 MB = 1 vCPU): 256 MB doubles it for the imports and for the forest's batches, at
 # about the same cost per batch.
 MEMORY_MB = 256
 # Worst case per batch: a cold start on that CPU share (~5 s), KinesisWriter's retries
@@ -67,8 +67,10 @@ def function_environment() -> dict[str, str]:
 def model_bucket() -> str:
     location = streaming.model_location()
     if not location.startswith("s3://"):
-        raise ModelNotFound(f"the function can only read its model from S3, not {location}: set MODEL_LOCATION=s3://... "
-                         "or RUN_ID and MLFLOW_EXPERIMENT_ID")
+        raise ModelNotFound(
+            f"the function can only read its model from S3, not {location}: set MODEL_LOCATION=s3://... "
+            "or RUN_ID and MLFLOW_EXPERIMENT_ID"
+        )
     return split_s3_url(location)[0]
 
 
@@ -77,8 +79,12 @@ def access_policy(bucket: str, predictions_arn: str) -> dict:
         "Version": "2012-10-17",
         "Statement": [
             {"Sid": "ReadModel", "Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/*"},
-            {"Sid": "WritePredictions", "Effect": "Allow", "Action": ["kinesis:PutRecord", "kinesis:PutRecords"],
-             "Resource": predictions_arn},
+            {
+                "Sid": "WritePredictions",
+                "Effect": "Allow",
+                "Action": ["kinesis:PutRecord", "kinesis:PutRecords"],
+                "Resource": predictions_arn,
+            },
         ],
     }
 
@@ -89,18 +95,27 @@ def up(image_uri: str, session=None) -> dict:
     bucket = model_bucket()
     iam, kinesis, lam = session.client("iam"), session.client("kinesis"), session.client("lambda")
     events_arn, predictions_arn = streaming.ensure_streams(
-        [streaming.ride_events_stream(), streaming.predictions_stream()], client=kinesis)
+        [streaming.ride_events_stream(), streaming.predictions_stream()], client=kinesis
+    )
     role_arn = ensure_role(iam, access_policy(bucket, predictions_arn))
     function_arn = ensure_function(lam, image_uri, role_arn)
     mapping = ensure_mapping(lam, events_arn)
-    return {"role": role_arn, "function": function_arn, "events_stream": events_arn,
-            "predictions_stream": predictions_arn, "event_source_mapping": mapping}
+    return {
+        "role": role_arn,
+        "function": function_arn,
+        "events_stream": events_arn,
+        "predictions_stream": predictions_arn,
+        "event_source_mapping": mapping,
+    }
 
 
 def ensure_role(iam, policy: dict) -> str:
     try:
-        role_arn = iam.create_role(RoleName=role_name(), AssumeRolePolicyDocument=json.dumps(LAMBDA_TRUST),
-                                   Description="ride-duration streaming Lambda")["Role"]["Arn"]
+        role_arn = iam.create_role(
+            RoleName=role_name(),
+            AssumeRolePolicyDocument=json.dumps(LAMBDA_TRUST),
+            Description="ride-duration streaming Lambda",
+        )["Role"]["Arn"]
     except iam.exceptions.EntityAlreadyExistsException:
         iam.update_assume_role_policy(RoleName=role_name(), PolicyDocument=json.dumps(LAMBDA_TRUST))
         role_arn = iam.get_role(RoleName=role_name())["Role"]["Arn"]
@@ -110,14 +125,25 @@ def ensure_role(iam, policy: dict) -> str:
 
 
 def ensure_function(lam, image_uri: str, role_arn: str) -> str:
-    settings = {"Role": role_arn, "MemorySize": MEMORY_MB, "Timeout": TIMEOUT_S,
-                "Environment": {"Variables": function_environment()}}
+    settings = {
+        "Role": role_arn,
+        "MemorySize": MEMORY_MB,
+        "Timeout": TIMEOUT_S,
+        "Environment": {"Variables": function_environment()},
+    }
     try:
         current = lam.get_function(FunctionName=function_name())
     except lam.exceptions.ResourceNotFoundException:
-        arn = _retry_until_role_usable(lam, lambda: lam.create_function(
-            FunctionName=function_name(), PackageType="Image", Code={"ImageUri": image_uri},
-            Description="ride-duration predictions from Kinesis ride events", **settings))["FunctionArn"]
+        arn = _retry_until_role_usable(
+            lam,
+            lambda: lam.create_function(
+                FunctionName=function_name(),
+                PackageType="Image",
+                Code={"ImageUri": image_uri},
+                Description="ride-duration predictions from Kinesis ride events",
+                **settings,
+            ),
+        )["FunctionArn"]
         lam.get_waiter("function_active_v2").wait(FunctionName=function_name())
         return arn
     if current["Code"].get("ImageUri") != image_uri:
@@ -140,15 +166,22 @@ def _retry_until_role_usable(lam, create, attempts: int = 10):
 
 
 def ensure_mapping(lam, events_arn: str) -> str:
-    settings = {"BatchSize": BATCH_SIZE, "MaximumRetryAttempts": MAXIMUM_RETRY_ATTEMPTS,
-                "FunctionResponseTypes": ["ReportBatchItemFailures"], "Enabled": True}
-    existing = lam.list_event_source_mappings(FunctionName=function_name(), EventSourceArn=events_arn)["EventSourceMappings"]
+    settings = {
+        "BatchSize": BATCH_SIZE,
+        "MaximumRetryAttempts": MAXIMUM_RETRY_ATTEMPTS,
+        "FunctionResponseTypes": ["ReportBatchItemFailures"],
+        "Enabled": True,
+    }
+    existing = lam.list_event_source_mappings(FunctionName=function_name(), EventSourceArn=events_arn)[
+        "EventSourceMappings"
+    ]
     if existing:
         uuid = existing[0]["UUID"]
         lam.update_event_source_mapping(UUID=uuid, FunctionName=function_name(), **settings)
         return uuid
-    return lam.create_event_source_mapping(FunctionName=function_name(), EventSourceArn=events_arn,
-                                           StartingPosition="LATEST", **settings)["UUID"]
+    return lam.create_event_source_mapping(
+        FunctionName=function_name(), EventSourceArn=events_arn, StartingPosition="LATEST", **settings
+    )["UUID"]
 
 
 def down(session=None) -> list[str]:
@@ -194,11 +227,15 @@ def down(session=None) -> list[str]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["up", "down"])
-    parser.add_argument("--image-uri", default=os.environ.get("IMAGE_URI"), help="the function's container image [$IMAGE_URI]")
+    parser.add_argument(
+        "--image-uri", default=os.environ.get("IMAGE_URI"), help="the function's container image [$IMAGE_URI]"
+    )
     args = parser.parse_args(argv)
     if args.action == "up":
         if not args.image_uri:
-            parser.error("up needs --image-uri (or IMAGE_URI): the ECR URI of the image built from streaming/Dockerfile")
+            parser.error(
+                "up needs --image-uri (or IMAGE_URI): the ECR URI of the image built from streaming/Dockerfile"
+            )
         try:
             print(json.dumps(up(args.image_uri), indent=2))
         except ModelNotFound as exc:

@@ -6,6 +6,7 @@ event.json holds one record: ride 130 -> 205, 3.66 miles, ride_id 256 (base64 JS
 Kinesis delivers it). Unless configured otherwise this runs with TEST_RUN=True (nothing
 is written) and the model in models/lin_reg.npz (`make train`).
 """
+
 import json
 import os
 from pathlib import Path

@@ -6,6 +6,7 @@
 The Lambda base image's runtime interface emulator serves the function at the URL below
 (override with LAMBDA_URL).
 """
+
 import json
 import os
 import urllib.request

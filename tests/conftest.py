@@ -1,4 +1,5 @@
 """Fixtures shared by the test modules: real data, a trained model, a local AWS endpoint."""
+
 from __future__ import annotations
 
 import os
@@ -8,15 +9,42 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_MIRROR = REPO.parent / "shared" / "tlc"
+# The TLC files the tests read, and how to download them into the cache.
+TEST_MONTHS = ("green_tripdata_2021-01.parquet", "green_tripdata_2021-02.parquet", "taxi_zone_lookup.csv")
+FETCH_THEM = "make data"
+
+# Set when pytest loads this file, before any test or notebook runs: the notebooks, executed by
+# nbval in the same session, read TLC_MIRROR from the environment too. Nothing fails here, so
+# the tests that need no data run without it.
+os.environ.setdefault("TLC_MIRROR", str(SHARED_MIRROR))
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def tlc_mirror():
-    """The real TLC months; CI points TLC_MIRROR at ../shared/tlc."""
-    mirror = Path(os.environ.setdefault("TLC_MIRROR", str(SHARED_MIRROR)))
-    if not (mirror / "green_tripdata_2021-01.parquet").is_file():
-        pytest.exit(f"TLC_MIRROR={mirror} lacks green_tripdata_2021-01.parquet: point it at a TLC mirror", 2)
-    return mirror
+    """A folder holding the real TLC months under their own names, with TLC_MIRROR pointing at it.
+
+    It is $TLC_MIRROR (CI: ../shared/tlc), or else the project's cache (data/, or
+    $RIDE_DURATION_DATA) when the months are there. Without them every test that asks for data
+    fails with what to do: it does not skip, so that CI never passes without data.
+    """
+    from ride_duration import config
+
+    mirror, cache = config.tlc_mirror(), config.data_dir()
+    for folder in (mirror, cache):
+        if folder is not None and all((folder / name).is_file() for name in TEST_MONTHS):
+            break
+    else:
+        pytest.fail(
+            f"this test reads real TLC data, and neither TLC_MIRROR={mirror or '(unset)'} nor the cache {cache} "
+            f"holds {' and '.join(TEST_MONTHS)}. Point TLC_MIRROR at a folder holding them, or download them "
+            f"into the cache once (online): {FETCH_THEM}",
+            pytrace=False,
+        )
+    # Tests that empty the cache (tests/test_data.py) still find the months, through the mirror.
+    folder = folder.resolve()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TLC_MIRROR", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +65,9 @@ def linear_pipeline(trips):
 @pytest.fixture(scope="session")
 def small_forest(trips):
     """A forest of 10 shallow trees: the real code path at a tenth of the fit time."""
-    from ride_duration.features import make_pipeline
     from sklearn.ensemble import RandomForestRegressor
+
+    from ride_duration.features import make_pipeline
 
     forest = RandomForestRegressor(n_estimators=10, max_depth=10, min_samples_leaf=10, random_state=0, n_jobs=-1)
     return make_pipeline(forest).fit(trips[0], trips[0]["duration"].to_numpy())
@@ -72,4 +101,3 @@ def aws_endpoint():
     yield endpoint
     patch.undo()
     server.stop()
-

@@ -1,4 +1,5 @@
 """Helpers for the streaming tests: a model on the S3 stand-in, fresh Lambda modules, events."""
+
 from __future__ import annotations
 
 import base64
@@ -61,10 +62,17 @@ def load_lambda(monkeypatch, **env):
 def record(payload: bytes | str, sequence_number: str, partition_key: str = "k") -> dict:
     """One record of a Lambda Kinesis event; str payloads are sent as they are (not base64)."""
     data = payload if isinstance(payload, str) else base64.b64encode(payload).decode()
-    return {"kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": partition_key,
-                        "sequenceNumber": sequence_number, "data": data,
-                        "approximateArrivalTimestamp": 1654161514.132},
-            "eventSource": "aws:kinesis", "eventID": f"shardId-000000000000:{sequence_number}"}
+    return {
+        "kinesis": {
+            "kinesisSchemaVersion": "1.0",
+            "partitionKey": partition_key,
+            "sequenceNumber": sequence_number,
+            "data": data,
+            "approximateArrivalTimestamp": 1654161514.132,
+        },
+        "eventSource": "aws:kinesis",
+        "eventID": f"shardId-000000000000:{sequence_number}",
+    }
 
 
 def ride_record(ride, ride_id, sequence_number: str) -> dict:
@@ -82,22 +90,38 @@ MALFORMED = {
     "ride_id a boolean": (json.dumps({"ride": COURSE_RIDE, "ride_id": True}).encode(), "ride_id"),
     "ride_id empty": (json.dumps({"ride": COURSE_RIDE, "ride_id": ""}).encode(), "ride_id"),
     "ride not an object": (json.dumps({"ride": "130-205", "ride_id": 1}).encode(), "object"),
-    "field missing": (json.dumps({"ride": {"PULocationID": 130, "DOLocationID": 205}, "ride_id": 1}).encode(),
-                      "trip_distance"),
-    "id a string": (json.dumps({"ride": {**COURSE_RIDE, "PULocationID": "130"}, "ride_id": 1}).encode(),
-                    "PULocationID"),
-    "id a boolean": (json.dumps({"ride": {**COURSE_RIDE, "DOLocationID": True}, "ride_id": 1}).encode(),
-                     "DOLocationID"),
+    "field missing": (
+        json.dumps({"ride": {"PULocationID": 130, "DOLocationID": 205}, "ride_id": 1}).encode(),
+        "trip_distance",
+    ),
+    "id a string": (
+        json.dumps({"ride": {**COURSE_RIDE, "PULocationID": "130"}, "ride_id": 1}).encode(),
+        "PULocationID",
+    ),
+    "id a boolean": (
+        json.dumps({"ride": {**COURSE_RIDE, "DOLocationID": True}, "ride_id": 1}).encode(),
+        "DOLocationID",
+    ),
     "id null": (json.dumps({"ride": {**COURSE_RIDE, "PULocationID": None}, "ride_id": 1}).encode(), "PULocationID"),
-    "id out of range": (json.dumps({"ride": {**COURSE_RIDE, "DOLocationID": 266}, "ride_id": 1}).encode(),
-                        "DOLocationID"),
-    "distance NaN": (b'{"ride": {"PULocationID": 1, "DOLocationID": 2, "trip_distance": NaN}, "ride_id": 1}',
-                     "trip_distance"),
-    "distance negative": (json.dumps({"ride": {**COURSE_RIDE, "trip_distance": -1}, "ride_id": 1}).encode(),
-                          "trip_distance"),
-    "distance a string": (json.dumps({"ride": {**COURSE_RIDE, "trip_distance": "3.66"}, "ride_id": 1}).encode(),
-                          "trip_distance"),
-    "distance too large for a float": (json.dumps({"ride": {**COURSE_RIDE, "trip_distance": 10**400}, "ride_id": 1}).encode(),
-                                       "trip_distance"),
+    "id out of range": (
+        json.dumps({"ride": {**COURSE_RIDE, "DOLocationID": 266}, "ride_id": 1}).encode(),
+        "DOLocationID",
+    ),
+    "distance NaN": (
+        b'{"ride": {"PULocationID": 1, "DOLocationID": 2, "trip_distance": NaN}, "ride_id": 1}',
+        "trip_distance",
+    ),
+    "distance negative": (
+        json.dumps({"ride": {**COURSE_RIDE, "trip_distance": -1}, "ride_id": 1}).encode(),
+        "trip_distance",
+    ),
+    "distance a string": (
+        json.dumps({"ride": {**COURSE_RIDE, "trip_distance": "3.66"}, "ride_id": 1}).encode(),
+        "trip_distance",
+    ),
+    "distance too large for a float": (
+        json.dumps({"ride": {**COURSE_RIDE, "trip_distance": 10**400}, "ride_id": 1}).encode(),
+        "trip_distance",
+    ),
     "ride_id too long for a partition key": (json.dumps({"ride": COURSE_RIDE, "ride_id": 10**300}).encode(), "ride_id"),
 }

@@ -1,4 +1,5 @@
 """Batch scoring: ids, predictions, atomic writes, input checks, the CLIs and the backfill."""
+
 from __future__ import annotations
 
 import hashlib
@@ -63,8 +64,9 @@ def test_rerun_gives_same_ids_and_byte_identical_predictions(model_npz, output, 
     assert a["ride_id"].tolist() == b["ride_id"].tolist()
     assert a["ride_id"].is_unique
     # Bit for bit, whatever the chunk size.
-    assert np.array_equal(a["predicted_duration"].to_numpy().view(np.int64),
-                          b["predicted_duration"].to_numpy().view(np.int64))
+    assert np.array_equal(
+        a["predicted_duration"].to_numpy().view(np.int64), b["predicted_duration"].to_numpy().view(np.int64)
+    )
     pd.testing.assert_frame_equal(a, b)
 
 
@@ -160,22 +162,27 @@ def test_model_specs_are_routed_and_bad_ones_named(model_npz, tmp_path, monkeypa
     fake = types.SimpleNamespace(load_model=lambda spec: asked.append(spec) or batch.resolve_model(model_npz))
     monkeypatch.setitem(sys.modules, "ride_duration.registry", fake)
     monkeypatch.setattr(ride_duration, "registry", fake, raising=False)
-    specs = ["models:/ride-duration@production", "models:/ride-duration/3", "runs:/" + "a" * 32 + "/model",
-             "m-" + "b" * 32, "c" * 32]
+    specs = [
+        "models:/ride-duration@production",
+        "models:/ride-duration/3",
+        "runs:/" + "a" * 32 + "/model",
+        "m-" + "b" * 32,
+        "c" * 32,
+    ]
     for spec in specs:
         batch.resolve_model(spec)
     assert asked == specs
 
 
 # ---- atomic writes ---------------------------------------------------------------------
-def fail_on_call(monkeypatch, call: int, exception=RuntimeError("injected failure")):
+def fail_on_call(monkeypatch, call: int, exception: BaseException | None = None):
     """Make batch.score_chunk raise on its `call`-th call (1-based)."""
     real, calls = batch.score_chunk, []
 
     def failing(*args, **kwargs):
         calls.append(1)
         if len(calls) == call:
-            raise exception
+            raise exception or RuntimeError("injected failure")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(batch, "score_chunk", failing)
@@ -222,8 +229,9 @@ KILLED_RUN = textwrap.dedent("""
 
 def test_a_killed_run_leaves_no_file_and_a_rerun_completes(model_npz, output, tmp_path):
     marker = tmp_path / "mid-write"
-    job = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(model_npz), str(output), str(marker)],
-                           env=os.environ.copy())
+    job = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, str(model_npz), str(output), str(marker)], env=os.environ.copy()
+    )
     try:
         deadline = time.monotonic() + 90
         while not marker.exists():
@@ -289,8 +297,13 @@ def test_a_missing_bucket_is_one_clear_error(model_npz, aws_endpoint):
 
 # ---- the score.py CLI ------------------------------------------------------------------
 def run_score(*args, env=None):
-    return subprocess.run([sys.executable, str(REPO / "batch" / "score.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, str(REPO / "batch" / "score.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_cli_scores_exactly_the_month_named(model_npz, output, trips):
@@ -316,35 +329,54 @@ def test_cli_errors_are_one_line_with_a_nonzero_exit(model_npz, output, tmp_path
     score = load_script("score")
     month = ["--year", "2021", "--month", "2", "--output", str(output)]
 
-    assert_one_line_error(capsys, score.main(["--taxi-type", "blue", *month, "--model", str(model_npz)]),
-                          "'blue'", "green or yellow")
-    assert_one_line_error(capsys, score.main(["--taxi-type", "green", *month, "--model", "models/nope.npz"]),
-                          "no model at models/nope.npz")
+    assert_one_line_error(
+        capsys, score.main(["--taxi-type", "blue", *month, "--model", str(model_npz)]), "'blue'", "green or yellow"
+    )
+    assert_one_line_error(
+        capsys,
+        score.main(["--taxi-type", "green", *month, "--model", "models/nope.npz"]),
+        "no model at models/nope.npz",
+    )
     damaged = tmp_path / "damaged.npz"
     damaged.write_bytes(b"\x00" * 10)
-    assert_one_line_error(capsys, score.main(["--taxi-type", "green", *month, "--model", str(damaged)]),
-                          "is not a readable model")
-    assert_one_line_error(capsys, score.main(["--taxi-type", "green", "--year", "2021", "--month", "13",
-                                              "--model", str(model_npz)]), "month must be 1..12")
-    assert_one_line_error(capsys, score.main(["--taxi-type", "green", *month, "--model", str(model_npz),
-                                              "--input", str(tmp_path / "nothing.parquet")]),
-                          "no trip file at", "nothing.parquet")
+    assert_one_line_error(
+        capsys, score.main(["--taxi-type", "green", *month, "--model", str(damaged)]), "is not a readable model"
+    )
+    assert_one_line_error(
+        capsys,
+        score.main(["--taxi-type", "green", "--year", "2021", "--month", "13", "--model", str(model_npz)]),
+        "month must be 1..12",
+    )
+    assert_one_line_error(
+        capsys,
+        score.main(
+            ["--taxi-type", "green", *month, "--model", str(model_npz), "--input", str(tmp_path / "nothing.parquet")]
+        ),
+        "no trip file at",
+        "nothing.parquet",
+    )
     monkeypatch.setenv("BATCH_CHUNK_ROWS", "many")
-    assert_one_line_error(capsys, score.main(["--taxi-type", "green", *month, "--model", str(model_npz)]),
-                          "BATCH_CHUNK_ROWS must be a whole number, got 'many'")
+    assert_one_line_error(
+        capsys,
+        score.main(["--taxi-type", "green", *month, "--model", str(model_npz)]),
+        "BATCH_CHUNK_ROWS must be a whole number, got 'many'",
+    )
     monkeypatch.delenv("BATCH_CHUNK_ROWS")
     # A month that is neither cached, mirrored nor downloadable (the server refuses at once).
     monkeypatch.setenv("RIDE_DURATION_DATA", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("TLC_BASE_URL", "http://127.0.0.1:9")
-    assert_one_line_error(capsys, score.main(["--taxi-type", "green", "--year", "2021", "--month", "3",
-                                              "--model", str(model_npz)]),
-                          "green_tripdata_2021-03.parquet")
+    assert_one_line_error(
+        capsys,
+        score.main(["--taxi-type", "green", "--year", "2021", "--month", "3", "--model", str(model_npz)]),
+        "green_tripdata_2021-03.parquet",
+    )
     assert files_under(output) == []
 
 
-def test_cli_exit_code_and_no_traceback_in_a_real_process(tmp_path, output):
-    done = run_score("--taxi-type", "green", "--year", 2021, "--month", 2, "--model", tmp_path / "none.npz",
-                     "--output", output)
+def test_cli_exit_code_and_no_traceback_in_a_real_process(tmp_path, output, tlc_mirror):  # the month is read first
+    done = run_score(
+        "--taxi-type", "green", "--year", 2021, "--month", 2, "--model", tmp_path / "none.npz", "--output", output
+    )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
     assert "none.npz" in done.stderr
@@ -369,8 +401,9 @@ def test_backfill_skips_written_months_unless_forced(model_npz, output):
     assert month_files(output) == written
     assert sum("skipped" in line for line in lines) == 2
 
-    forced = batch.backfill("green", (2021, 1), (2021, 2), model_npz, output, force=True, progress=False,
-                            log=lines.append)
+    forced = batch.backfill(
+        "green", (2021, 1), (2021, 2), model_npz, output, force=True, progress=False, log=lines.append
+    )
     assert not any(r.skipped for r in forced.values())
     rewritten = month_files(output)
     assert all(rewritten[m][0] != written[m][0] for m in written)
@@ -397,15 +430,42 @@ def test_backfill_cli_reports_failed_months_and_does_the_rest(model_npz, output,
     backfill = load_script("backfill")
     monkeypatch.setenv("RIDE_DURATION_DATA", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("TLC_BASE_URL", "http://127.0.0.1:9")  # 2021-03 is not mirrored: it fails
-    code = backfill.main(["--from", "2021-02", "--to", "2021-03", "--taxi-type", "green",
-                          "--model", str(model_npz), "--output", str(output)])
+    code = backfill.main(
+        [
+            "--from",
+            "2021-02",
+            "--to",
+            "2021-03",
+            "--taxi-type",
+            "green",
+            "--model",
+            str(model_npz),
+            "--output",
+            str(output),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 1
     assert "green 2021-02 scored" in out and "green 2021-03 failed" in out
     assert "1 month(s) failed: 2021-03" in err
     assert set(month_files(output)) == {"month=02"}
-    assert backfill.main(["--from", "2021-02", "--to", "2021-01", "--taxi-type", "green",
-                          "--model", str(model_npz), "--output", str(output)]) == 1
+    assert (
+        backfill.main(
+            [
+                "--from",
+                "2021-02",
+                "--to",
+                "2021-01",
+                "--taxi-type",
+                "green",
+                "--model",
+                str(model_npz),
+                "--output",
+                str(output),
+            ]
+        )
+        == 1
+    )
     assert "range is empty" in capsys.readouterr().err
 
 
@@ -417,11 +477,14 @@ def test_months_cross_the_year():
 
 
 def test_scoring_an_npz_model_imports_neither_sklearn_nor_mlflow(model_npz, output):
-    code = ("import sys; from ride_duration import batch; "
-            "batch.score_month('green', 2021, 2, sys.argv[1], sys.argv[2], progress=False); "
-            "print(sorted(m for m in ('sklearn', 'mlflow', 'pyspark') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code, str(model_npz), str(output)],
-                          capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; from ride_duration import batch; "
+        "batch.score_month('green', 2021, 2, sys.argv[1], sys.argv[2], progress=False); "
+        "print(sorted(m for m in ('sklearn', 'mlflow', 'pyspark') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(model_npz), str(output)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 
@@ -436,8 +499,7 @@ def test_batch_requirements_are_pinned_as_in_the_lock():
     assert {name: locked.get(name) for name in wanted} == wanted
 
 
-def test_a_model_from_s3_or_a_bare_run_id_scores_like_the_local_file(model_npz, bucket, output, tmp_path,
-                                                                     monkeypatch):
+def test_a_model_from_s3_or_a_bare_run_id_scores_like_the_local_file(model_npz, bucket, output, tmp_path, monkeypatch):
     import boto3
 
     pytest.importorskip("ride_duration.registry")

@@ -1,4 +1,5 @@
 """notebooks/score.ipynb runs under papermill with nothing but its injected parameters."""
+
 from __future__ import annotations
 
 import os
@@ -31,10 +32,14 @@ def test_papermill_scores_the_month_it_is_given(model_files, trips, tmp_path, mo
     output = tmp_path / "predictions"
     monkeypatch.delenv("BATCH_MODEL", raising=False)
     executed = papermill.execute_notebook(
-        str(SCORE_NOTEBOOK), str(tmp_path / "scored.ipynb"),
+        str(SCORE_NOTEBOOK),
+        str(tmp_path / "scored.ipynb"),
         parameters={"taxi_type": "green", "year": 2021, "month": 2, "model": model, "output": str(output)},
-        cwd=str(SCORE_NOTEBOOK.parent), kernel_name="python3", execution_timeout=240,
-        progress_bar=False, log_output=False,
+        cwd=str(SCORE_NOTEBOOK.parent),
+        kernel_name="python3",
+        execution_timeout=240,
+        progress_bar=False,
+        log_output=False,
     )
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
     written = sorted(output.rglob("*.parquet"))

@@ -15,12 +15,15 @@ def test_a_whole_number_is_read(monkeypatch):
     assert env_int("SOME_LIMIT", 7) == 250000
 
 
-@pytest.mark.parametrize("raw, message", [
-    ("abc", "SOME_LIMIT must be a whole number, got 'abc'"),
-    ("2.5", "SOME_LIMIT must be a whole number, got '2.5'"),
-    ("0", "SOME_LIMIT must be at least 1, got 0"),
-    ("-3", "SOME_LIMIT must be at least 1, got -3"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ("abc", "SOME_LIMIT must be a whole number, got 'abc'"),
+        ("2.5", "SOME_LIMIT must be a whole number, got '2.5'"),
+        ("0", "SOME_LIMIT must be at least 1, got 0"),
+        ("-3", "SOME_LIMIT must be at least 1, got -3"),
+    ],
+)
 def test_an_unusable_setting_is_named_in_the_error(monkeypatch, raw, message):
     monkeypatch.setenv("SOME_LIMIT", raw)
     with pytest.raises(SettingError) as error:

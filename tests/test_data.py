@@ -1,11 +1,11 @@
 """Finding TLC files (cache, mirror, download) and cleaning them."""
+
 from __future__ import annotations
 
 import functools
 import http.server
 import shutil
 import threading
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -75,6 +75,19 @@ def test_zone_lookup_downloads_from_misc(cache, tlc_server, tlc_mirror):
     assert len(zones) == 265 and zones.loc[zones.LocationID == 265, "Borough"].item() == "N/A"
 
 
+def test_fetch_known_downloads_every_checked_file(cache, tlc_server, tlc_mirror):
+    """`make data` (python -m ride_duration.data fetch): what CI caches, each file checked."""
+    (tlc_server / "misc").mkdir()
+    for name in data.KNOWN_SHA256:
+        folder = tlc_server / ("misc" if name.endswith(".csv") else "trip-data")
+        shutil.copyfile(tlc_mirror / name, folder / name)
+    logged = []
+    fetched = data.fetch_known(log=logged.append)
+    assert fetched == [cache / name for name in data.KNOWN_SHA256]
+    assert all(data.sha256(path) == data.KNOWN_SHA256[path.name] for path in fetched)
+    assert len(logged) == len(data.KNOWN_SHA256) and all("sha256 checked" in line for line in logged)
+
+
 def test_checksum_mismatch_is_an_error_and_leaves_nothing(cache, tlc_server, tlc_mirror):
     damaged = (tlc_mirror / JANUARY).read_bytes()[:-10] + b"0123456789"
     (tlc_server / "trip-data" / JANUARY).write_bytes(damaged)
@@ -105,12 +118,15 @@ def test_a_month_the_server_lacks_is_reported(cache, tlc_server):
         data.trip_file("green", 2021, 3)
 
 
-@pytest.mark.parametrize("taxi_type, year, month, reason", [
-    ("green", 2099, 1, "never published"),
-    ("green", 2012, 1, "never published"),
-    ("purple", 2021, 1, "unknown taxi type"),
-    ("green", 2021, 13, "month must be"),
-])
+@pytest.mark.parametrize(
+    "taxi_type, year, month, reason",
+    [
+        ("green", 2099, 1, "never published"),
+        ("green", 2012, 1, "never published"),
+        ("purple", 2021, 1, "unknown taxi type"),
+        ("green", 2021, 13, "month must be"),
+    ],
+)
 def test_impossible_months_fail_before_any_download(cache, taxi_type, year, month, reason):
     with pytest.raises(data.DataError, match=reason):
         data.trip_file(taxi_type, year, month)
@@ -143,8 +159,9 @@ def test_location_ids_of_either_width_give_the_same_result(tlc_mirror, dtype):
     reference, _ = data.clean_trips(raw)
     raw[["PULocationID", "DOLocationID"]] = raw[["PULocationID", "DOLocationID"]].astype(dtype)
     clean, _ = data.clean_trips(raw)
-    pd.testing.assert_frame_equal(clean.drop(columns=["PULocationID", "DOLocationID"]),
-                                  reference.drop(columns=["PULocationID", "DOLocationID"]))
+    pd.testing.assert_frame_equal(
+        clean.drop(columns=["PULocationID", "DOLocationID"]), reference.drop(columns=["PULocationID", "DOLocationID"])
+    )
     assert (clean.PULocationID == reference.PULocationID).all()
 
 

@@ -6,6 +6,7 @@ The tests run in file order: the tracking server is stopped half-way, to show th
 still loads from S3 alone, and the last test stops everything and checks no process is left.
 A small forest keeps the fit to seconds; the notebook trains the full one.
 """
+
 from __future__ import annotations
 
 import os
@@ -88,16 +89,21 @@ def test_the_registered_model_loads_by_alias_with_the_pipelines_predictions(regi
 
 
 def test_every_mlflow_uri_of_the_model_loads_the_same_run(registered):
-    for spec in (f"models:/{NAME}/{registered.version}", f"models:/{registered.model_id}",
-                 f"runs:/{registered.run_id}/model"):
+    for spec in (
+        f"models:/{NAME}/{registered.version}",
+        f"models:/{registered.model_id}",
+        f"runs:/{registered.run_id}/model",
+    ):
         assert registry.load_model(spec).version == registered.run_id, spec
 
 
 def test_loading_through_the_registry_imports_neither_mlflow_nor_scikit_learn(registered):
     """The serving path stays light: REST calls to the tracking server, then numpy and boto3."""
-    code = ("import sys; from ride_duration import registry; "
-            f"model = registry.load_model('models:/{NAME}@production'); "
-            "print(model.version, sorted(m for m in ('mlflow', 'sklearn', 'pandas') if m in sys.modules))")
+    code = (
+        "import sys; from ride_duration import registry; "
+        f"model = registry.load_model('models:/{NAME}@production'); "
+        "print(model.version, sorted(m for m in ('mlflow', 'sklearn', 'pandas') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.split() == [registered.run_id, "[]"]
     assert result.stderr == ""
@@ -115,7 +121,11 @@ def test_the_run_logs_one_pipeline_with_signature_params_and_metric(registered, 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # loading must not warn (nbval compares stderr)
         pipeline = mlflow.sklearn.load_model(f"models:/{NAME}@production")
-    assert [type(step).__name__ for _, step in pipeline.steps] == ["FunctionTransformer", "DictVectorizer", "RandomForestRegressor"]
+    assert [type(step).__name__ for _, step in pipeline.steps] == [
+        "FunctionTransformer",
+        "DictVectorizer",
+        "RandomForestRegressor",
+    ]
     np.testing.assert_allclose(pipeline.predict(rides), registered.pipeline.predict(rides), rtol=0, atol=1e-12)
     info = mlflow.models.get_model_info(f"models:/{registered.model_id}")
     assert [c["name"] for c in info.signature.inputs.to_dict()] == ["PULocationID", "DOLocationID", "trip_distance"]
@@ -137,9 +147,12 @@ def test_a_model_without_compact_export_is_exported_on_load(registered, rides):
     import mlflow.sklearn
 
     with mlflow.start_run(experiment_id=registered.experiment_id) as run:
-        info = mlflow.sklearn.log_model(registered.pipeline, name="model",
-                                        skops_trusted_types=registry.SKOPS_TRUSTED_TYPES,
-                                        pip_requirements=["scikit-learn"])
+        info = mlflow.sklearn.log_model(
+            registered.pipeline,
+            name="model",
+            skops_trusted_types=registry.SKOPS_TRUSTED_TYPES,
+            pip_requirements=["scikit-learn"],
+        )
     mlflow.MlflowClient().create_registered_model("test-uploaded")
     mlflow.MlflowClient().create_model_version("test-uploaded", info.model_uri, run.info.run_id, model_id=info.model_id)
     model = registry.load_model("models:/test-uploaded/1")
@@ -147,14 +160,17 @@ def test_a_model_without_compact_export_is_exported_on_load(registered, rides):
     np.testing.assert_allclose(model.predict(rides), registered.pipeline.predict(rides), rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("spec, message", [
-    (f"models:/{NAME}@staging", "alias staging not found"),
-    (f"models:/{NAME}/99", "not found"),
-    (f"runs:/{'1' * 32}/model", "not found"),
-    ("0" * 32, f"no run {'0' * 32} with compact/model.npz in s3://test-ride-duration-models/"),
-    ("m-" + "0" * 32, f"no model m-{'0' * 32} in s3://test-ride-duration-models/"),
-    ("ride-duration", "is not a model location"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (f"models:/{NAME}@staging", "alias staging not found"),
+        (f"models:/{NAME}/99", "not found"),
+        (f"runs:/{'1' * 32}/model", "not found"),
+        ("0" * 32, f"no run {'0' * 32} with compact/model.npz in s3://test-ride-duration-models/"),
+        ("m-" + "0" * 32, f"no model m-{'0' * 32} in s3://test-ride-duration-models/"),
+        ("ride-duration", "is not a model location"),
+    ],
+)
 def test_a_wrong_id_fails_with_a_message_naming_it(registered, spec, message):
     with pytest.raises(ModelNotFound, match=message):
         registry.load_model(spec)
@@ -162,8 +178,9 @@ def test_a_wrong_id_fails_with_a_message_naming_it(registered, spec, message):
 
 def test_the_service_serves_the_registry_model(registered, rides):
     started = time.perf_counter()
-    with serve_in_background(SERVICE_DIR, env={"MODEL_URI": f"models:/{NAME}@production"},
-                             args=("--preload",), timeout=120) as service:
+    with serve_in_background(
+        SERVICE_DIR, env={"MODEL_URI": f"models:/{NAME}@production"}, args=("--preload",), timeout=120
+    ) as service:
         print(f"\nweb-service-mlflow up from the registry in {time.perf_counter() - started:.1f} s")
         health = service.wait_healthy()
         answer = _post(service.predict_url, rides[:50])
@@ -192,22 +209,37 @@ def test_the_service_starts_from_s3_alone_and_the_client_prints_its_answer(regis
     with serve_in_background(SERVICE_DIR, env={"RUN_ID": registered.run_id}, args=("--preload",)) as service:
         print(f"\nweb-service-mlflow up from S3 in {time.perf_counter() - started:.1f} s")
         assert service.wait_healthy()["model_version"] == registered.run_id
-        client = subprocess.run([sys.executable, "test.py", service.predict_url], cwd=SERVICE_DIR,
-                                capture_output=True, text=True, timeout=60, check=True)
+        client = subprocess.run(
+            [sys.executable, "test.py", service.predict_url],
+            cwd=SERVICE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
     ride = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40}
     expected = registered.pipeline.predict([ride])[0]
     assert client.stdout.strip() == f"{expected:.1f} minutes (model_version {registered.run_id})"
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"RUN_ID": "0" * 32}, f"no run {'0' * 32}"),
-    ({"MODEL_ID": "m-" + "f" * 32}, f"no model m-{'f' * 32}"),
-    ({"RUN_ID": "0" * 32, "MODEL_URI": "models:/x@y"}, "set only one of MODEL_URI, RUN_ID, MODEL_ID"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"RUN_ID": "0" * 32}, f"no run {'0' * 32}"),
+        ({"MODEL_ID": "m-" + "f" * 32}, f"no model m-{'f' * 32}"),
+        ({"RUN_ID": "0" * 32, "MODEL_URI": "models:/x@y"}, "set only one of MODEL_URI, RUN_ID, MODEL_ID"),
+    ],
+)
 def test_a_wrong_model_stops_the_service_at_start_with_a_message(registered, env, message):
     clean = {k: v for k, v in os.environ.items() if k not in ("RUN_ID", "MODEL_ID", "MODEL_URI")}
-    result = subprocess.run([sys.executable, "predict.py"], cwd=SERVICE_DIR, env={**clean, **env},
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "predict.py"],
+        cwd=SERVICE_DIR,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 3
     assert result.stderr.startswith("web-service-mlflow cannot start:") and message in result.stderr
     assert "Traceback" not in result.stderr
@@ -245,6 +277,8 @@ def _post(url: str, payload):
     import json
     import urllib.request
 
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())

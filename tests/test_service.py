@@ -1,5 +1,6 @@
 """The prediction app (ride_duration.service) through Flask's test client: answers and every
 class of bad input, each with its status and an error that names what is wrong."""
+
 from __future__ import annotations
 
 import json
@@ -100,19 +101,39 @@ BAD_INPUT = [
     ("boolean distance", {**RIDE, "trip_distance": False}, 400, ["trip_distance", "boolean"]),
     ("null zone", {**RIDE, "PULocationID": None}, 400, ["PULocationID", "null"]),
     ("null distance", {**RIDE, "trip_distance": None}, 400, ["trip_distance", "null"]),
-    ("NaN distance", b'{"PULocationID": 10, "DOLocationID": 50, "trip_distance": NaN}', 400,
-     ["trip_distance", "finite"]),
-    ("Infinity distance", b'{"PULocationID": 10, "DOLocationID": 50, "trip_distance": Infinity}', 400,
-     ["trip_distance", "finite"]),
-    ("-Infinity distance", b'{"PULocationID": 10, "DOLocationID": 50, "trip_distance": -Infinity}', 400,
-     ["trip_distance", "finite"]),
+    (
+        "NaN distance",
+        b'{"PULocationID": 10, "DOLocationID": 50, "trip_distance": NaN}',
+        400,
+        ["trip_distance", "finite"],
+    ),
+    (
+        "Infinity distance",
+        b'{"PULocationID": 10, "DOLocationID": 50, "trip_distance": Infinity}',
+        400,
+        ["trip_distance", "finite"],
+    ),
+    (
+        "-Infinity distance",
+        b'{"PULocationID": 10, "DOLocationID": 50, "trip_distance": -Infinity}',
+        400,
+        ["trip_distance", "finite"],
+    ),
     ("NaN zone", b'{"PULocationID": NaN, "DOLocationID": 50, "trip_distance": 4}', 400, ["PULocationID"]),
-    ("overflowing number", b'{"PULocationID": 10, "DOLocationID": 50, "trip_distance": 1e999}', 400,
-     ["trip_distance", "finite"]),
+    (
+        "overflowing number",
+        b'{"PULocationID": 10, "DOLocationID": 50, "trip_distance": 1e999}',
+        400,
+        ["trip_distance", "finite"],
+    ),
     ("negative distance", {**RIDE, "trip_distance": -1.5}, 400, ["trip_distance", "between 0 and 500"]),
     ("absurd distance", {**RIDE, "trip_distance": 12_000}, 400, ["trip_distance", "between 0 and 500"]),
-    ("integer too large for a float", b'{"PULocationID": 10, "DOLocationID": 50, "trip_distance": 1' + b"0" * 400 + b"}",
-     400, ["trip_distance", "between 0 and 500"]),
+    (
+        "integer too large for a float",
+        b'{"PULocationID": 10, "DOLocationID": 50, "trip_distance": 1' + b"0" * 400 + b"}",
+        400,
+        ["trip_distance", "between 0 and 500"],
+    ),
     ("zone 0", {**RIDE, "PULocationID": 0}, 400, ["PULocationID", "between 1 and 265"]),
     ("zone 266", {**RIDE, "DOLocationID": 266}, 400, ["DOLocationID", "between 1 and 265"]),
     ("negative zone", {**RIDE, "DOLocationID": -3}, 400, ["DOLocationID", "between 1 and 265"]),
@@ -122,8 +143,7 @@ BAD_INPUT = [
     ("list too long", [RIDE] * (MAX_RIDES + 1), 400, [f"at most {MAX_RIDES}", f"got {MAX_RIDES + 1}"]),
     ("bad ride inside a list", [RIDE, {**RIDE, "trip_distance": "far"}], 400, ["rides[1].trip_distance"]),
     ("non-object inside a list", [RIDE, 7], 400, ["rides[1]", "JSON object"]),
-    ("body over the size limit", json.dumps([{**RIDE, "pad": "x" * 100}] * 40), 413,
-     ["larger than 4096 bytes"]),
+    ("body over the size limit", json.dumps([{**RIDE, "pad": "x" * 100}] * 40), 413, ["larger than 4096 bytes"]),
 ]
 
 

@@ -1,4 +1,5 @@
 """streaming/setup_aws.py against the moto server: idempotent up, complete down."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -6,7 +7,6 @@ import json
 
 import boto3
 import pytest
-
 from streaming_support import REPO, unique
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/ride-duration-stream:{tag}"
@@ -17,9 +17,15 @@ def setup_aws(aws_endpoint, monkeypatch):
     """The script as a module, with names of its own and AWS's managed policies in IAM."""
     monkeypatch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
     _ensure_managed_policies()
-    names = {"FUNCTION_NAME": unique("fn"), "ROLE_NAME": unique("role"), "RIDE_EVENTS_STREAM_NAME": unique("events"),
-             "PREDICTIONS_STREAM_NAME": unique("predictions"), "MODEL_BUCKET": "ride-duration-models",
-             "RUN_ID": "0123456789abcdef0123456789abcdef", "MLFLOW_EXPERIMENT_ID": "1"}
+    names = {
+        "FUNCTION_NAME": unique("fn"),
+        "ROLE_NAME": unique("role"),
+        "RIDE_EVENTS_STREAM_NAME": unique("events"),
+        "PREDICTIONS_STREAM_NAME": unique("predictions"),
+        "MODEL_BUCKET": "ride-duration-models",
+        "RUN_ID": "0123456789abcdef0123456789abcdef",
+        "MLFLOW_EXPERIMENT_ID": "1",
+    }
     monkeypatch.delenv("MODEL_LOCATION", raising=False)
     for name, value in names.items():
         monkeypatch.setenv(name, value)
@@ -51,14 +57,34 @@ def snapshot(module) -> dict:
     return {
         "role": iam.get_role(RoleName=role)["Role"]["Arn"],
         "managed": sorted(p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]),
-        "inline": {name: iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
-                   for name in iam.list_role_policies(RoleName=role)["PolicyNames"]},
-        "function": {key: config.get(key) for key in ("FunctionArn", "Role", "MemorySize", "Timeout", "PackageType",
-                                                      "Environment")} | {"image": function["Code"]["ImageUri"]},
-        "mappings": [{key: m.get(key) for key in ("UUID", "EventSourceArn", "BatchSize", "FunctionResponseTypes",
-                                                  "MaximumRetryAttempts", "State")} for m in mappings],
-        "streams": sorted(name for name in kinesis.list_streams()["StreamNames"]
-                          if name in (module.streaming.ride_events_stream(), module.streaming.predictions_stream())),
+        "inline": {
+            name: iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+            for name in iam.list_role_policies(RoleName=role)["PolicyNames"]
+        },
+        "function": {
+            key: config.get(key)
+            for key in ("FunctionArn", "Role", "MemorySize", "Timeout", "PackageType", "Environment")
+        }
+        | {"image": function["Code"]["ImageUri"]},
+        "mappings": [
+            {
+                key: m.get(key)
+                for key in (
+                    "UUID",
+                    "EventSourceArn",
+                    "BatchSize",
+                    "FunctionResponseTypes",
+                    "MaximumRetryAttempts",
+                    "State",
+                )
+            }
+            for m in mappings
+        ],
+        "streams": sorted(
+            name
+            for name in kinesis.list_streams()["StreamNames"]
+            if name in (module.streaming.ride_events_stream(), module.streaming.predictions_stream())
+        ),
     }
 
 
@@ -72,12 +98,20 @@ def test_up_twice_leaves_the_same_resources(setup_aws):
     (policy,) = before["inline"].values()
     policy = policy if isinstance(policy, dict) else json.loads(policy)
     resources = {s["Sid"]: s["Resource"] for s in policy["Statement"]}
-    assert resources == {"ReadModel": "arn:aws:s3:::ride-duration-models/*", "WritePredictions": first["predictions_stream"]}
-    assert before["function"]["MemorySize"] == setup_aws.MEMORY_MB and before["function"]["Timeout"] == setup_aws.TIMEOUT_S
+    assert resources == {
+        "ReadModel": "arn:aws:s3:::ride-duration-models/*",
+        "WritePredictions": first["predictions_stream"],
+    }
+    assert (
+        before["function"]["MemorySize"] == setup_aws.MEMORY_MB and before["function"]["Timeout"] == setup_aws.TIMEOUT_S
+    )
     assert before["function"]["PackageType"] == "Image" and before["function"]["image"] == IMAGE.format(tag="v1")
     assert before["function"]["Environment"]["Variables"] == {
-        "RUN_ID": "0123456789abcdef0123456789abcdef", "MLFLOW_EXPERIMENT_ID": "1",
-        "MODEL_BUCKET": "ride-duration-models", "PREDICTIONS_STREAM_NAME": setup_aws.streaming.predictions_stream()}
+        "RUN_ID": "0123456789abcdef0123456789abcdef",
+        "MLFLOW_EXPERIMENT_ID": "1",
+        "MODEL_BUCKET": "ride-duration-models",
+        "PREDICTIONS_STREAM_NAME": setup_aws.streaming.predictions_stream(),
+    }
     (mapping,) = before["mappings"]
     assert mapping["EventSourceArn"] == first["events_stream"]
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]

@@ -1,4 +1,5 @@
 """The Lambda image's recipe: hadolint-clean, pinned as the lock file, light imports only."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -11,8 +12,7 @@ import sys
 import pytest
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
-
-from streaming_support import REPO, model_npz, compact_linear  # noqa: F401
+from streaming_support import REPO, compact_linear, model_npz  # noqa: F401
 
 DOCKERFILE = REPO / "streaming" / "Dockerfile"
 REQUIREMENTS = REPO / "streaming" / "requirements.txt"
@@ -66,13 +66,18 @@ def test_requirements_pin_what_the_lock_pins_and_all_that_numpy_and_boto3_need()
 
 def test_image_holds_exactly_the_modules_the_handler_imports(model_npz):
     copied = re.findall(r"ride_duration/(\w+)\.py", DOCKERFILE.read_text())
-    script = ("import json, sys; sys.path.insert(0, 'streaming'); import lambda_function; "
-              "print(json.dumps(sorted(sys.modules)))")
+    script = (
+        "import json, sys; sys.path.insert(0, 'streaming'); import lambda_function; "
+        "print(json.dumps(sorted(sys.modules)))"
+    )
     env = {"PATH": "/usr/bin:/bin", "MODEL_LOCATION": str(model_npz), "TEST_RUN": "True"}
-    output = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=120, check=True).stdout
+    output = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     modules = json.loads(output)
-    loaded = sorted(m.split(".", 1)[1] if "." in m else "__init__" for m in modules if m.split(".")[0] == "ride_duration")
+    loaded = sorted(
+        m.split(".", 1)[1] if "." in m else "__init__" for m in modules if m.split(".")[0] == "ride_duration"
+    )
     assert sorted(copied) == loaded
     assert not {"sklearn", "pandas", "mlflow", "scipy", "pyarrow"} & {m.split(".")[0] for m in modules}
     for name in copied:

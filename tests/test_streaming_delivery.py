@@ -1,4 +1,5 @@
 """PutRecords in chunks, with failed entries retried: every prediction delivered, none twice."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,9 @@ import random
 import boto3
 import pytest
 from botocore.stub import Stubber
+from streaming_support import unique
 
 from ride_duration import streaming
-from streaming_support import unique
 
 
 def _entries(n, size=40):
@@ -29,8 +30,12 @@ class FlakyKinesis:
         self.seen.update(r["PartitionKey"] for r in Records)
         accepted = [r for r, no in zip(Records, refused) if not no]
         results = iter(self.client.put_records(StreamName=StreamName, Records=accepted)["Records"] if accepted else [])
-        records = [{"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "Rate exceeded"} if no
-                   else next(results) for no in refused]
+        records = [
+            {"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "Rate exceeded"}
+            if no
+            else next(results)
+            for no in refused
+        ]
         return {"FailedRecordCount": sum(refused), "Records": records}
 
 
@@ -60,12 +65,17 @@ def test_only_the_failed_entries_are_sent_again():
     ok = {"SequenceNumber": "1", "ShardId": "shardId-000000000000"}
     throttled = {"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "Rate exceeded"}
     with Stubber(client) as stub:
-        stub.add_response("put_records", {"FailedRecordCount": 2, "Records": [ok, throttled, ok, throttled]},
-                          {"StreamName": "s", "Records": entries})
-        stub.add_response("put_records", {"FailedRecordCount": 1, "Records": [ok, throttled]},
-                          {"StreamName": "s", "Records": [entries[1], entries[3]]})
-        stub.add_response("put_records", {"Records": [ok]},
-                          {"StreamName": "s", "Records": [entries[3]]})
+        stub.add_response(
+            "put_records",
+            {"FailedRecordCount": 2, "Records": [ok, throttled, ok, throttled]},
+            {"StreamName": "s", "Records": entries},
+        )
+        stub.add_response(
+            "put_records",
+            {"FailedRecordCount": 1, "Records": [ok, throttled]},
+            {"StreamName": "s", "Records": [entries[1], entries[3]]},
+        )
+        stub.add_response("put_records", {"Records": [ok]}, {"StreamName": "s", "Records": [entries[3]]})
         report = streaming.KinesisWriter("s", client=client, sleep=lambda s: None).put(entries)
         stub.assert_no_pending_responses()
     assert report.sent == 4 and report.failed == [] and report.calls == 3
@@ -92,8 +102,10 @@ def test_a_final_error_is_not_retried():
     with Stubber(client) as stub:
         stub.add_client_error("put_records", "ResourceNotFoundException", "Stream s not found")
         report = streaming.KinesisWriter("s", client=client, sleep=pytest.fail).put(_entries(2))
-    assert [(f.index, f.code) for f in report.failed] == [(0, "ResourceNotFoundException"),
-                                                          (1, "ResourceNotFoundException")]
+    assert [(f.index, f.code) for f in report.failed] == [
+        (0, "ResourceNotFoundException"),
+        (1, "ResourceNotFoundException"),
+    ]
 
 
 def test_calls_stay_within_the_size_limit():
@@ -118,10 +130,13 @@ def test_no_attempt_starts_after_the_time_budget():
         def put_records(self, StreamName, Records):
             Refuses.calls += 1
             now[0] += 4.0  # each call takes four seconds
-            return {"FailedRecordCount": len(Records),
-                    "Records": [{"ErrorCode": "InternalFailure", "ErrorMessage": "down"} for _ in Records]}
+            return {
+                "FailedRecordCount": len(Records),
+                "Records": [{"ErrorCode": "InternalFailure", "ErrorMessage": "down"} for _ in Records],
+            }
 
-    writer = streaming.KinesisWriter("s", client=Refuses(), max_attempts=10, time_budget=10.0,
-                                     sleep=lambda s: None, clock=lambda: now[0])
+    writer = streaming.KinesisWriter(
+        "s", client=Refuses(), max_attempts=10, time_budget=10.0, sleep=lambda s: None, clock=lambda: now[0]
+    )
     report = writer.put(_entries(3))
     assert Refuses.calls == 3 and [f.index for f in report.failed] == [0, 1, 2]

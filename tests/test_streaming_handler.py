@@ -1,4 +1,5 @@
 """The Lambda handler: predictions, TEST_RUN, malformed records, undelivered predictions."""
+
 from __future__ import annotations
 
 import base64
@@ -8,12 +9,20 @@ import math
 
 import boto3
 import pytest
-
-from ride_duration import streaming
 from streaming_support import (  # noqa: F401  (fixtures)
-    COURSE_RIDE, MALFORMED, TEST_EVENT, compact_linear, load_lambda, model_npz, model_on_s3, record, ride_record,
+    COURSE_RIDE,
+    MALFORMED,
+    TEST_EVENT,
+    compact_linear,
+    load_lambda,
+    model_npz,
+    model_on_s3,
+    record,
+    ride_record,
     unique,
 )
+
+from ride_duration import streaming
 
 
 def test_course_test_event_holds_the_course_ride():
@@ -29,8 +38,11 @@ def test_course_event_predicts_what_the_pipeline_predicts(monkeypatch, model_on_
     duration = prediction["prediction"]["ride_duration"]
     assert math.isfinite(duration) and duration > 0
     assert duration == pytest.approx(float(linear_pipeline.predict([COURSE_RIDE])[0]), abs=1e-9)
-    assert prediction == {"model": "ride_duration_prediction_model", "version": compact_linear.version,
-                          "prediction": {"ride_duration": duration, "ride_id": 256}}
+    assert prediction == {
+        "model": "ride_duration_prediction_model",
+        "version": compact_linear.version,
+        "prediction": {"ride_duration": duration, "ride_id": 256},
+    }
     assert result["batchItemFailures"] == [] and result["rejected"] == []
 
 
@@ -62,8 +74,12 @@ def _written(name):
 def test_predictions_are_written_unless_test_run(monkeypatch, aws_endpoint, model_npz):
     event = json.loads(TEST_EVENT.read_text())
     quiet, loud = _stream(unique("quiet")), _stream(unique("loud"))
-    load_lambda(monkeypatch, MODEL_LOCATION=model_npz, TEST_RUN="True", PREDICTIONS_STREAM_NAME=quiet).lambda_handler(event, None)
-    result = load_lambda(monkeypatch, MODEL_LOCATION=model_npz, PREDICTIONS_STREAM_NAME=loud).lambda_handler(event, None)
+    load_lambda(monkeypatch, MODEL_LOCATION=model_npz, TEST_RUN="True", PREDICTIONS_STREAM_NAME=quiet).lambda_handler(
+        event, None
+    )
+    result = load_lambda(monkeypatch, MODEL_LOCATION=model_npz, PREDICTIONS_STREAM_NAME=loud).lambda_handler(
+        event, None
+    )
     assert _written(quiet) == []
     assert _written(loud) == result["predictions"]
 
@@ -81,8 +97,9 @@ def _mixed_event():
 
 
 @pytest.mark.parametrize("policy", [None, "report", "reject"], ids=["default", "report", "reject"])
-def test_each_malformed_kind_is_rejected_and_the_valid_rides_are_written(monkeypatch, aws_endpoint, model_npz,
-                                                                         compact_linear, caplog, policy):
+def test_each_malformed_kind_is_rejected_and_the_valid_rides_are_written(
+    monkeypatch, aws_endpoint, model_npz, compact_linear, caplog, policy
+):
     """By default (no MALFORMED_RECORDS) every malformed kind is in batchItemFailures with its
     sequence number, Lambda's contract; MALFORMED_RECORDS=reject keeps them out of it."""
     stream = _stream(unique("mixed"))
@@ -121,8 +138,9 @@ class FailingFor:
         return {"FailedRecordCount": sum("ErrorCode" in r for r in results), "Records": results}
 
 
-@pytest.mark.parametrize("report_malformed, expected", [(True, ["002", "009", "004"]), (False, ["002", "004"])],
-                         ids=["default", "reject"])
+@pytest.mark.parametrize(
+    "report_malformed, expected", [(True, ["002", "009", "004"]), (False, ["002", "004"])], ids=["default", "reject"]
+)
 def test_undelivered_predictions_are_reported_for_lambda_to_retry(compact_linear, caplog, report_malformed, expected):
     """Under either malformed-record policy; the bad record 009 too by default, in batch order."""
     client = FailingFor(refused=[2, 4])

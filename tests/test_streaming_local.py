@@ -1,4 +1,5 @@
 """The local event-source mapping, and the whole loop on the Kinesis stand-in."""
+
 from __future__ import annotations
 
 import base64
@@ -8,11 +9,10 @@ import random
 import time
 from collections import Counter
 
-import boto3
 import pytest
+from streaming_support import MALFORMED, TEST_EVENT, compact_linear, load_lambda, model_on_s3, unique  # noqa: F401
 
 from ride_duration import streaming
-from streaming_support import MALFORMED, TEST_EVENT, compact_linear, load_lambda, model_on_s3, unique  # noqa: F401
 
 
 @pytest.fixture
@@ -54,7 +54,9 @@ def test_batches_are_built_like_lambdas_event(events_stream):
     got = handler.events[0]["Records"][0]
     assert got.keys() == template.keys() and got["kinesis"].keys() == template["kinesis"].keys()
     assert got["eventSourceARN"].endswith(f":stream/{events_stream}") and got["eventID"].startswith("shardId-")
-    assert mapping.checkpoints == {"shardId-000000000000": handler.events[-1]["Records"][-1]["kinesis"]["sequenceNumber"]}
+    assert mapping.checkpoints == {
+        "shardId-000000000000": handler.events[-1]["Records"][-1]["kinesis"]["sequenceNumber"]
+    }
 
 
 def test_a_partial_failure_is_retried_from_the_first_failed_record(events_stream):
@@ -105,8 +107,9 @@ def test_end_to_end_ten_thousand_events_one_prediction_per_valid_ride(monkeypatc
     events, predictions = unique("ride-events"), unique("ride-predictions")
     streaming.ensure_streams([events, predictions])
     # reject: a reported malformed record would make Lambda re-deliver the valid rides behind it.
-    lam = load_lambda(monkeypatch, MODEL_LOCATION=model_on_s3, PREDICTIONS_STREAM_NAME=predictions,
-                      MALFORMED_RECORDS="reject")
+    lam = load_lambda(
+        monkeypatch, MODEL_LOCATION=model_on_s3, PREDICTIONS_STREAM_NAME=predictions, MALFORMED_RECORDS="reject"
+    )
     frame = trips[1].head(9_000)
     rides = frame[["PULocationID", "DOLocationID", "trip_distance"]].to_dict("records")
     ride_ids = [f"2021-02-{i}" for i in frame.index]
@@ -145,8 +148,9 @@ def test_reporting_malformed_records_makes_lambda_predict_the_rest_again(monkeyp
     retried with every valid record behind it, whose predictions are written again each time."""
     events, predictions = unique("ride-events"), unique("ride-predictions")
     streaming.ensure_streams([events, predictions])
-    lam = load_lambda(monkeypatch, MODEL_LOCATION=model_on_s3, PREDICTIONS_STREAM_NAME=predictions,
-                      MALFORMED_RECORDS="report")
+    lam = load_lambda(
+        monkeypatch, MODEL_LOCATION=model_on_s3, PREDICTIONS_STREAM_NAME=predictions, MALFORMED_RECORDS="report"
+    )
     ride = {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}
     entries = [{"Data": streaming.encode_ride_event(ride, i), "PartitionKey": str(i)} for i in range(20)]
     entries.insert(10, {"Data": b"not json", "PartitionKey": "bad"})

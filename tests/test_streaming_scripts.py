@@ -1,4 +1,5 @@
 """The scripts in streaming/: test.py, test_docker.py (against a stand-in emulator), run_loop."""
+
 from __future__ import annotations
 
 import json
@@ -10,16 +11,22 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from streaming_support import REPO, TEST_EVENT, compact_linear, load_lambda, model_npz, unique  # noqa: F401
 
 from ride_duration import streaming
-from streaming_support import REPO, TEST_EVENT, compact_linear, load_lambda, model_npz, unique  # noqa: F401
 
 INVOCATIONS = "/2015-03-31/functions/function/invocations"
 
 
 def run_script(name, **env):
-    return subprocess.run([sys.executable, str(REPO / "streaming" / name)], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **env}, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, str(REPO / "streaming" / name)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+        cwd=REPO,
+    )
 
 
 def test_test_script_prints_the_course_ride_prediction(model_npz, compact_linear):

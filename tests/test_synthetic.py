@@ -1,4 +1,5 @@
 """The synthetic month: the real schema, the real month's statistics, always labelled."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -28,11 +29,16 @@ def test_statistics_match_the_real_month(real, fake):
     real_clean, real_report = clean_trips(real)
     fake_clean, fake_report = clean_trips(fake)
     # Share of rows kept by cleaning within 1 point.
-    assert fake_report.rows_out / fake_report.rows_in == pytest.approx(real_report.rows_out / real_report.rows_in, abs=0.01)
+    assert fake_report.rows_out / fake_report.rows_in == pytest.approx(
+        real_report.rows_out / real_report.rows_in, abs=0.01
+    )
     # Medians and quartiles of distance and duration within 10 %.
     for column in ("trip_distance", "duration"):
         for q in (0.25, 0.5, 0.75):
-            assert fake_clean[column].quantile(q) == pytest.approx(real_clean[column].quantile(q), rel=0.10), (column, q)
+            assert fake_clean[column].quantile(q) == pytest.approx(real_clean[column].quantile(q), rel=0.10), (
+                column,
+                q,
+            )
     # The 20 busiest pickup zones are mostly the same, with shares within 1 point.
     real_share = real_clean.PULocationID.value_counts(normalize=True)
     fake_share = fake_clean.PULocationID.value_counts(normalize=True)
@@ -56,13 +62,16 @@ def test_written_file_says_it_is_synthetic(fake, tmp_path, tlc_mirror):
 
 def test_same_seed_same_month(real):
     measured = synthetic.profile(real)
-    pd.testing.assert_frame_equal(synthetic.generate(5_000, seed=3, measured=measured),
-                                  synthetic.generate(5_000, seed=3, measured=measured))
+    pd.testing.assert_frame_equal(
+        synthetic.generate(5_000, seed=3, measured=measured), synthetic.generate(5_000, seed=3, measured=measured)
+    )
 
 
-def test_cli_writes_a_labelled_month(tmp_path, capsys):
+def test_cli_writes_a_labelled_month(tmp_path, capsys, tlc_mirror):  # profiles the real January
     target = tmp_path / "synthetic.parquet"
-    synthetic.main(["--rows", "2000", "--taxi-type", "yellow", "--year", "2021", "--month", "3", "--output", str(target)])
+    synthetic.main(
+        ["--rows", "2000", "--taxi-type", "yellow", "--year", "2021", "--month", "3", "--output", str(target)]
+    )
     assert "SYNTHETIC month: 2,000 rows" in capsys.readouterr().out
     frame = pd.read_parquet(target)
     assert synthetic.is_synthetic(target) and len(frame) == 2_000

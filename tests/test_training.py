@@ -1,4 +1,5 @@
 """The feature pipeline, the reference results, and the compact export used for serving."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -56,11 +57,21 @@ def test_forest_walk_follows_scikit_learns_rule_at_every_split(one_hot_threshold
     threshold = np.array([one_hot_threshold, 5.0, -2.0, -2.0, -2.0])
     left, right = np.array([1, 3, 0, 0, 0], dtype=np.int32), np.array([2, 4, 0, 0, 0], dtype=np.int32)
     value = np.array([0.0, 0.0, 30.0, 10.0, 20.0])
-    compact = CompactModel({
-        "version": np.array("hand-made"), "kind": np.array("forest"), "vocabulary": np.array(["1_2", ""]),
-        "distance_feature": np.array(1), "feature": feature, "threshold": threshold, "left": left,
-        "right": right, "value": value, "roots": np.array([0], dtype=np.int32), "max_depth": np.array(2),
-    })
+    compact = CompactModel(
+        {
+            "version": np.array("hand-made"),
+            "kind": np.array("forest"),
+            "vocabulary": np.array(["1_2", ""]),
+            "distance_feature": np.array(1),
+            "feature": feature,
+            "threshold": threshold,
+            "left": left,
+            "right": right,
+            "value": value,
+            "roots": np.array([0], dtype=np.int32),
+            "max_depth": np.array(2),
+        }
+    )
 
     def walk(ride):
         cells = [float((ride["PULocationID"], ride["DOLocationID"]) == (1, 2)), ride["trip_distance"]]
@@ -69,8 +80,11 @@ def test_forest_walk_follows_scikit_learns_rule_at_every_split(one_hot_threshold
             node = right[node] if cells[feature[node]] > threshold[node] else left[node]
         return value[node]
 
-    rides = [{"PULocationID": pu, "DOLocationID": do, "trip_distance": d}
-             for pu, do in [(1, 2), (2, 1), (7, 7)] for d in (0.5, 5.0, 5.000001, 40.0)]
+    rides = [
+        {"PULocationID": pu, "DOLocationID": do, "trip_distance": d}
+        for pu, do in [(1, 2), (2, 1), (7, 7)]
+        for d in (0.5, 5.0, 5.000001, 40.0)
+    ]
     np.testing.assert_array_equal(compact.predict(rides), [walk(r) for r in rides])
 
 
@@ -86,7 +100,7 @@ def test_missing_model_file_is_a_clear_error(tmp_path):
         load_compact(tmp_path / "nothing.npz")
 
 
-def test_training_cli_writes_both_files(tmp_path, capsys):
+def test_training_cli_writes_both_files(tmp_path, capsys, tlc_mirror):
     from ride_duration.train import main
 
     main(["--output", str(tmp_path)])

@@ -2,6 +2,7 @@
 
 One service (2 workers, the model file written by the training code) serves the module.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -49,8 +50,14 @@ def validation_rides(trips):
     return trips[1][fields].sample(300, random_state=1).to_dict("records")
 
 
-def post(url: str, body: bytes, *, method: str = "POST", content_type: str = "application/json",
-         connection: http.client.HTTPConnection | None = None) -> tuple[int, bytes]:
+def post(
+    url: str,
+    body: bytes,
+    *,
+    method: str = "POST",
+    content_type: str = "application/json",
+    connection: http.client.HTTPConnection | None = None,
+) -> tuple[int, bytes]:
     parts = urlsplit(url)
     path = parts.path + (f"?{parts.query}" if parts.query else "")
     conn = connection or http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
@@ -77,16 +84,26 @@ def test_answers_equal_the_pipelines_own_predictions(service, linear_pipeline, v
         assert status == 200 and json.loads(body)["duration"] == pytest.approx(duration, rel=1e-12)
 
 
-def test_client_script_prints_the_answer(service, linear_pipeline):
+def test_client_script_prints_the_answer(service, npz, linear_pipeline):
     client = [sys.executable, str(WEB_SERVICE / "test.py")]
-    out = subprocess.run([*client, service.predict_url], capture_output=True, text=True, timeout=30)
+    expected = linear_pipeline.predict([RIDE])[0]
+    out = subprocess.run([*client, service.predict_url, "--json"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["duration"] == pytest.approx(linear_pipeline.predict([RIDE])[0], rel=1e-12)
+    assert json.loads(out.stdout)["duration"] == pytest.approx(expected, rel=1e-12)
+    # Without --json, one line per ride, minutes to one decimal.
+    rides = json.dumps([RIDE, RIDE])
+    lines = subprocess.run([*client, service.predict_url, "--ride", rides], capture_output=True, text=True, timeout=30)
+    assert lines.stdout.splitlines() == [f"{expected:.1f} minutes (model_version {CompactModel.load(npz).version})"] * 2
     # The URL may come from PREDICT_URL instead; a bad ride prints the error and exits 1.
-    bad = subprocess.run([*client, "--ride", '{"PULocationID": 10, "DOLocationID": 50}'], capture_output=True,
-                         text=True, timeout=30, env={**os.environ, "PREDICT_URL": service.predict_url})
+    bad = subprocess.run(
+        [*client, "--ride", '{"PULocationID": 10, "DOLocationID": 50}'],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PREDICT_URL": service.predict_url},
+    )
     assert bad.returncode == 1
-    assert "trip_distance" in json.loads(bad.stdout)["error"]
+    assert bad.stdout.startswith("HTTP 400: ") and "trip_distance" in bad.stdout
 
 
 def test_a_chunked_body_over_the_limit_gets_413(service):
@@ -111,11 +128,18 @@ def test_5000_requests_at_32_connections_without_an_error(service, linear_pipeli
     bodies = [RIDE, validation_rides[0], validation_rides[1:4]]
     expected = [linear_pipeline.predict([RIDE])[0], *linear_pipeline.predict(validation_rides[:4])]
     expected = [expected[0], expected[1], expected[2:5]]
-    result = run_load(service.predict_url, [json.dumps(b).encode() for b in bodies], requests=5000,
-                      duration=55, connections=32, timeout=10, keep_answers=True)
+    result = run_load(
+        service.predict_url,
+        [json.dumps(b).encode() for b in bodies],
+        requests=5000,
+        duration=55,
+        connections=32,
+        timeout=10,
+        keep_answers=True,
+    )
     assert result.elapsed < 60
     assert (result.sent, result.errors, dict(result.statuses)) == (5000, 0, {200: 5000}), result.error_samples
-    for index, (status, body) in result.answers.items():
+    for index, (_status, body) in result.answers.items():
         answer, want = json.loads(body), expected[index % 3]
         got = [a["duration"] for a in answer] if isinstance(answer, list) else answer["duration"]
         assert got == pytest.approx(want, rel=1e-12)
@@ -123,20 +147,35 @@ def test_5000_requests_at_32_connections_without_an_error(service, linear_pipeli
 
 # ---- malformed requests --------------------------------------------------------------
 def _bad_location():
-    return st.one_of(st.integers(max_value=0), st.integers(min_value=266), st.none(), st.booleans(),
-                     st.text(max_size=6), st.floats().filter(lambda x: not (x == x and x.is_integer())),
-                     st.lists(st.integers(1, 265), max_size=2))
+    return st.one_of(
+        st.integers(max_value=0),
+        st.integers(min_value=266),
+        st.none(),
+        st.booleans(),
+        st.text(max_size=6),
+        st.floats().filter(lambda x: not (x == x and x.is_integer())),
+        st.lists(st.integers(1, 265), max_size=2),
+    )
 
 
 def _bad_distance():
-    return st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=500.000001), st.integers(max_value=-1),
-                     st.integers(min_value=501), st.just(float("nan")), st.none(), st.booleans(),
-                     st.text(max_size=6), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+    return st.one_of(
+        st.floats(max_value=-1e-9),
+        st.floats(min_value=500.000001),
+        st.integers(max_value=-1),
+        st.integers(min_value=501),
+        st.just(float("nan")),
+        st.none(),
+        st.booleans(),
+        st.text(max_size=6),
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    )
 
 
 def _ride():
-    return st.fixed_dictionaries({"PULocationID": st.integers(1, 265), "DOLocationID": st.integers(1, 265),
-                                  "trip_distance": st.floats(0, 500)})
+    return st.fixed_dictionaries(
+        {"PULocationID": st.integers(1, 265), "DOLocationID": st.integers(1, 265), "trip_distance": st.floats(0, 500)}
+    )
 
 
 @st.composite
@@ -150,9 +189,11 @@ def _bad_ride(draw):
     return ride
 
 
-_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                                 max_size=4), max_leaves=12)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
 
 
 def _dumps(value) -> bytes:
@@ -163,13 +204,33 @@ def _bodies():
     """(body, must be refused): bodies that are wrong by construction, and random ones."""
     refused = st.one_of(
         _bad_ride().map(_dumps),
-        st.lists(st.one_of(_ride(), _bad_ride()), min_size=1, max_size=5).filter(
-            lambda rides: any(set(r) != {"PULocationID", "DOLocationID", "trip_distance"}
-                              or not isinstance(r.get("trip_distance"), float) or not 0 <= r["trip_distance"] <= 500
-                              or any(not isinstance(r[k], int) or isinstance(r[k], bool) or not 1 <= r[k] <= 265
-                                     for k in ("PULocationID", "DOLocationID")) for r in rides)).map(_dumps),
-        st.sampled_from([b"", b"[]", b"{}", b"null", b"[" * 5000, b'{"PULocationID":', b"\xff\xfe\xfd",
-                         _dumps([RIDE] * (DEFAULT_MAX_RIDES + 1)), b" " * (DEFAULT_MAX_BODY_BYTES + 1)]),
+        st.lists(st.one_of(_ride(), _bad_ride()), min_size=1, max_size=5)
+        .filter(
+            lambda rides: any(
+                set(r) != {"PULocationID", "DOLocationID", "trip_distance"}
+                or not isinstance(r.get("trip_distance"), float)
+                or not 0 <= r["trip_distance"] <= 500
+                or any(
+                    not isinstance(r[k], int) or isinstance(r[k], bool) or not 1 <= r[k] <= 265
+                    for k in ("PULocationID", "DOLocationID")
+                )
+                for r in rides
+            )
+        )
+        .map(_dumps),
+        st.sampled_from(
+            [
+                b"",
+                b"[]",
+                b"{}",
+                b"null",
+                b"[" * 5000,
+                b'{"PULocationID":',
+                b"\xff\xfe\xfd",
+                _dumps([RIDE] * (DEFAULT_MAX_RIDES + 1)),
+                b" " * (DEFAULT_MAX_BODY_BYTES + 1),
+            ]
+        ),
     )
     random = st.one_of(st.binary(max_size=300), _json.map(_dumps), st.text(max_size=100).map(str.encode))
     return st.one_of(refused.map(lambda b: (b, True)), random.map(lambda b: (b, False)))
@@ -177,10 +238,27 @@ def _bodies():
 
 _requests = st.tuples(
     _bodies(),
-    st.sampled_from([("POST", "/predict")] * 8 + [("GET", "/predict"), ("PUT", "/predict"), ("POST", "/health"),
-                                                  ("POST", "/predict/"), ("DELETE", "/"), ("POST", "/%00")]),
-    st.sampled_from(["application/json", "text/plain", "", "application/x-www-form-urlencoded",
-                     "multipart/form-data; boundary=xyz", "application/json; charset=latin-1"]),
+    st.sampled_from(
+        [("POST", "/predict")] * 8
+        + [
+            ("GET", "/predict"),
+            ("PUT", "/predict"),
+            ("POST", "/health"),
+            ("POST", "/predict/"),
+            ("DELETE", "/"),
+            ("POST", "/%00"),
+        ]
+    ),
+    st.sampled_from(
+        [
+            "application/json",
+            "text/plain",
+            "",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=xyz",
+            "application/json; charset=latin-1",
+        ]
+    ),
 )
 
 
@@ -190,19 +268,26 @@ def test_500_malformed_requests_get_no_5xx_and_the_service_stays_healthy(service
     connection = [http.client.HTTPConnection(host, int(port), timeout=10)]
     statuses = []
 
-    @settings(max_examples=500, deadline=None, database=None, phases=[Phase.generate, Phase.shrink],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=500,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(_requests)
     def send(request):
         (body, must_refuse), (method, path), content_type = request
         try:
-            status, answer = post(service.url + path, body, method=method, content_type=content_type,
-                                  connection=connection[0])
+            status, answer = post(
+                service.url + path, body, method=method, content_type=content_type, connection=connection[0]
+            )
         except (http.client.HTTPException, OSError):  # the server may close after a refusal
             connection[0].close()
             connection[0] = http.client.HTTPConnection(host, int(port), timeout=10)
-            status, answer = post(service.url + path, body, method=method, content_type=content_type,
-                                  connection=connection[0])
+            status, answer = post(
+                service.url + path, body, method=method, content_type=content_type, connection=connection[0]
+            )
         statuses.append(status)
         assert status < 500, (status, answer[:200])
         if status >= 400 and path in ("/predict", "/health"):
@@ -225,16 +310,32 @@ def test_a_missing_model_stops_the_start_with_its_path(tmp_path):
 
 
 def test_an_unusable_limit_stops_the_start_with_its_name(npz):
-    with pytest.raises(ServiceFailed, match="Error: MAX_RIDES_PER_REQUEST must be a whole number, got 'lots'") as failure:
+    with pytest.raises(
+        ServiceFailed, match="Error: MAX_RIDES_PER_REQUEST must be a whole number, got 'lots'"
+    ) as failure:
         serve_in_background(WEB_SERVICE, {"MODEL_PATH": str(npz), "MAX_RIDES_PER_REQUEST": "lots"}, timeout=30)
     assert "Traceback" not in str(failure.value)
 
 
 def test_a_port_another_server_listens_on_is_refused(service, npz):
     """Workers bind with SO_REUSEPORT; a second service must still not share the first one's port."""
-    second = subprocess.run([sys.executable, "-m", "gunicorn", "--config", "python:ride_duration.gunicorn_conf",
-                             "--bind", f"127.0.0.1:{service.port}", "predict:app"], cwd=WEB_SERVICE,
-                            env={**os.environ, "MODEL_PATH": str(npz)}, capture_output=True, text=True, timeout=60)
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--config",
+            "python:ride_duration.gunicorn_conf",
+            "--bind",
+            f"127.0.0.1:{service.port}",
+            "predict:app",
+        ],
+        cwd=WEB_SERVICE,
+        env={**os.environ, "MODEL_PATH": str(npz)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert second.returncode == 1
     assert f"Error: cannot listen on 127.0.0.1:{service.port}: Address already in use" in second.stderr
     assert "Traceback" not in second.stderr

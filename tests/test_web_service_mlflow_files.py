@@ -1,5 +1,6 @@
 """web-service-mlflow's files and the stand-ins' process handling, without any server running
 (the integration tests against real servers are in test_mlflow.py)."""
+
 from __future__ import annotations
 
 import os
@@ -73,8 +74,16 @@ def test_the_dockerfile_bakes_in_no_model_and_no_credentials():
     dockerfile = (FOLDER / "Dockerfile").read_text()
     instructions = [line for line in dockerfile.splitlines() if line and not line.startswith("#")]
     settings = " ".join(line for line in instructions if line.startswith(("ENV", "ARG", " ")))
-    for secret in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_TOKEN",
-                   "MLFLOW_TRACKING_PASSWORD", "MODEL_URI", "RUN_ID", "MLFLOW_TRACKING_URI"):
+    for secret in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "MLFLOW_TRACKING_TOKEN",
+        "MLFLOW_TRACKING_PASSWORD",
+        "MODEL_URI",
+        "RUN_ID",
+        "MLFLOW_TRACKING_URI",
+    ):
         assert secret not in settings, f"{secret} must come from `docker run -e`, not the image"
     assert not any(re.search(r"\.(npz|pkl|skops)\b", line) for line in instructions if line.startswith("COPY"))
     assert "COPY web-service-mlflow/predict.py" in dockerfile
@@ -87,28 +96,54 @@ def test_the_readme_shows_build_and_run():
     assert "docker run" in readme and "MODEL_URI" in readme and "RUN_ID" in readme
 
 
-@pytest.mark.parametrize("spec, parsed", [
-    ("models:/ride-duration@production", ("alias", "ride-duration", "production")),
-    ("models:/ride-duration/3", ("version", "ride-duration", "3")),
-    ("models:/m-" + "a" * 32, ("logged", "m-" + "a" * 32)),
-    (f"runs:/{'b' * 32}/model", ("run", "b" * 32)),
-])
+@pytest.mark.parametrize(
+    "spec, parsed",
+    [
+        ("models:/ride-duration@production", ("alias", "ride-duration", "production")),
+        ("models:/ride-duration/3", ("version", "ride-duration", "3")),
+        ("models:/m-" + "a" * 32, ("logged", "m-" + "a" * 32)),
+        (f"runs:/{'b' * 32}/model", ("run", "b" * 32)),
+    ],
+)
 def test_mlflow_uris_are_understood(spec, parsed):
     assert registry._parse_uri(spec) == parsed
 
 
-@pytest.mark.parametrize("spec", ["", "ride-duration", "models:/", "models:/name", "models:/name@", "runs:/x/model",
-                                  "s3://bucket/key.npz", "m-123", "a" * 31])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "",
+        "ride-duration",
+        "models:/",
+        "models:/name",
+        "models:/name@",
+        "runs:/x/model",
+        "s3://bucket/key.npz",
+        "m-123",
+        "a" * 31,
+    ],
+)
 def test_a_malformed_spec_is_refused_with_the_accepted_forms(spec):
     with pytest.raises(ModelNotFound, match="is not a model location: use models:/NAME@ALIAS"):
         registry.load_model(spec)
 
 
 def test_the_cli_prints_the_environment_for_the_configured_ports(tmp_path):
-    env = {**os.environ, "STANDINS_DIR": str(tmp_path), "MOTO_PORT": "6101", "MLFLOW_PORT": "6100",
-           "MODEL_BUCKET": "some-bucket"}
-    result = subprocess.run([sys.executable, "-m", "ride_duration.standins", "env"], env=env,
-                            capture_output=True, text=True, timeout=60, check=True)
+    env = {
+        **os.environ,
+        "STANDINS_DIR": str(tmp_path),
+        "MOTO_PORT": "6101",
+        "MLFLOW_PORT": "6100",
+        "MODEL_BUCKET": "some-bucket",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "ride_duration.standins", "env"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     exported = dict(line.removeprefix("export ").split("=", 1) for line in result.stdout.splitlines())
     assert exported["AWS_ENDPOINT_URL"] == exported["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:6101"
     assert exported["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:6100"
@@ -122,8 +157,10 @@ def test_down_stops_the_whole_process_group_of_a_recorded_server(tmp_path, monke
     monkeypatch.setenv("MOTO_PORT", "1")  # nothing answers there
     monkeypatch.setenv("MLFLOW_PORT", "2")
     # A parent that ignores SIGTERM and a child: the SIGKILL step has to finish them.
-    script = "import signal, subprocess, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); " \
-             "subprocess.Popen(['sleep', '300']); time.sleep(300)"
+    script = (
+        "import signal, subprocess, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "subprocess.Popen(['sleep', '300']); time.sleep(300)"
+    )
     leader = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     try:
         (tmp_path / "mlflow.pid").write_text(str(leader.pid))

@@ -19,6 +19,7 @@ on stderr and exit status 3. (Without --preload every worker loads the model; gu
 stops, since 3 is its "worker failed to boot" status, but two failing workers can race and
 leave a traceback.)
 """
+
 import os
 import sys
 

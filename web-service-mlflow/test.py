@@ -4,6 +4,7 @@
 
 Standard library only, so it runs from any Python.
 """
+
 import json
 import sys
 import urllib.request
@@ -12,8 +13,7 @@ RIDE = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40}
 
 
 def predict(url: str, ride: dict = RIDE) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(ride).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=json.dumps(ride).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 

@@ -8,6 +8,7 @@ Workers, threads and port: see ride_duration/gunicorn_conf.py; input limits:
 ride_duration/service.py. Each gunicorn worker imports this module, so loads the model
 once, before it answers anything.
 """
+
 import os
 import sys
 
