@@ -7,15 +7,14 @@ PORT [9696]             port to listen on
 WEB_CONCURRENCY [2]     worker processes, each loading the model once; one per core
 WEB_THREADS [1]         threads per worker (gthread worker class)
 
-Why these (measured on 2 cores with benchmarks/web_service.py, see web-service/README.md):
-- gthread keeps client connections alive (the sync worker closes each one after its answer,
-  so every request pays a new TCP connection); a request's work is about 0.1 ms of Python.
-- One thread per worker: Python runs one thread at a time per process; with 4 threads,
-  requests waiting for each other's turn put p99 at 20-26 ms (14-15 ms with one) for at
-  most a fifth more requests per second.
+Why these, in short (the measurements: "Why these settings" in web-service/README.md):
+- gthread keeps client connections alive; the sync worker closes each one after its answer,
+  so every request pays a new TCP connection.
+- One thread per worker: Python runs one thread at a time per process, so more threads
+  make requests wait for each other's turn, which the p99 shows.
 - reuse_port: each worker listens on its own socket and the kernel spreads new connections
   over them. On one shared socket, whichever worker woke first often took most of a
-  client's connections (up to 15 of 16), and its queue set the p99.
+  client's connections, and its queue set the p99.
 """
 
 import gc
@@ -59,9 +58,8 @@ def post_worker_init(worker):
     """The app and its model are loaded: keep the garbage collector off them from now on.
 
     A full collection walks every object a worker holds (Flask, numpy, the model's
-    vocabulary): 27-36 ms here, about once every ten seconds under load, with every request
-    in flight waiting. Frozen objects are skipped; what requests allocate is collected as
-    before."""
+    vocabulary), with every request in flight waiting (web-service/README.md measures it).
+    Frozen objects are skipped; what requests allocate is collected as before."""
     gc.collect()
     gc.freeze()
 
