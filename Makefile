@@ -82,6 +82,7 @@ diagrams: $(READY)
 bench: $(READY)
 	command -v wrk > /dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
 		|| echo "wrk unavailable: the web benchmark falls back to its Python load generator"
+	$(PY) benchmarks/startup.py
 	$(PY) benchmarks/web_service.py
 	$(PY) benchmarks/streaming.py
 	$(PY) benchmarks/batch.py
