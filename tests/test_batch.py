@@ -430,42 +430,14 @@ def test_backfill_cli_reports_failed_months_and_does_the_rest(model_npz, output,
     backfill = load_script("backfill")
     monkeypatch.setenv("RIDE_DURATION_DATA", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("TLC_BASE_URL", "http://127.0.0.1:9")  # 2021-03 is not mirrored: it fails
-    code = backfill.main(
-        [
-            "--from",
-            "2021-02",
-            "--to",
-            "2021-03",
-            "--taxi-type",
-            "green",
-            "--model",
-            str(model_npz),
-            "--output",
-            str(output),
-        ]
-    )
+    model_and_output = ["--model", str(model_npz), "--output", str(output)]
+    code = backfill.main([*"--from 2021-02 --to 2021-03 --taxi-type green".split(), *model_and_output])
     out, err = capsys.readouterr()
     assert code == 1
     assert "green 2021-02 scored" in out and "green 2021-03 failed" in out
     assert "1 month(s) failed: 2021-03" in err
     assert set(month_files(output)) == {"month=02"}
-    assert (
-        backfill.main(
-            [
-                "--from",
-                "2021-02",
-                "--to",
-                "2021-01",
-                "--taxi-type",
-                "green",
-                "--model",
-                str(model_npz),
-                "--output",
-                str(output),
-            ]
-        )
-        == 1
-    )
+    assert backfill.main([*"--from 2021-02 --to 2021-01 --taxi-type green".split(), *model_and_output]) == 1
     assert "range is empty" in capsys.readouterr().err
 
 
