@@ -90,10 +90,22 @@ def test_the_dockerfile_bakes_in_no_model_and_no_credentials():
     assert '["predict:app"]' in dockerfile and "--preload" in dockerfile
 
 
-def test_the_readme_shows_build_and_run():
-    readme = (FOLDER / "README.md").read_text()
-    assert "docker build -f web-service-mlflow/Dockerfile" in readme
-    assert "docker run" in readme and "MODEL_URI" in readme and "RUN_ID" in readme
+def test_the_readmes_docker_commands_fit_the_dockerfile_and_the_service():
+    """The build names this Dockerfile with the repository as its context (its COPY sources are
+    there), and every variable a `docker run` passes is one the service or its libraries read."""
+    readme = (FOLDER / "README.md").read_text().replace("\\\n", " ")
+    builds = re.findall(r"docker build -f (\S+) -t \S+ (\S+)", readme)
+    assert builds == [("web-service-mlflow/Dockerfile", ".")]
+    copied = re.findall(r"^COPY (.+) \S+$", (FOLDER / "Dockerfile").read_text(), re.M)
+    assert copied and all((REPO / source).exists() for line in copied for source in line.split())
+    passed = set(re.findall(r"-e ([A-Z_]+)=", readme))
+    assert {"MODEL_URI", "RUN_ID"} <= passed
+    read_by_boto3 = {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
+    sources = (FOLDER / "predict.py").read_text() + "".join(
+        p.read_text() for p in (REPO / "ride_duration").glob("*.py")
+    )
+    for name in passed - read_by_boto3:
+        assert re.search(rf"[\"']{name}[\"']", sources), f"docker run passes {name}, which nothing reads"
 
 
 @pytest.mark.parametrize(
