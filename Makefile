@@ -20,7 +20,7 @@ $(READY): pyproject.toml requirements.lock
 
 ## The two commands of the README
 demo: $(READY)
-	$(PY) -m ride_duration.demo
+	$(PY) -m ride_duration.local.demo
 
 test: lint
 	$(PY) -m pytest
@@ -51,13 +51,13 @@ serve: $(READY)
 	cd web-service && ../$(VENV)/bin/gunicorn --config python:ride_duration.gunicorn_conf predict:app
 
 standins-up: $(READY)
-	$(PY) -m ride_duration.standins up
+	$(PY) -m ride_duration.local.standins up
 
 standins-down: $(READY)
-	$(PY) -m ride_duration.standins down
+	$(PY) -m ride_duration.local.standins down
 
 standins-status: $(READY)
-	$(PY) -m ride_duration.standins status
+	$(PY) -m ride_duration.local.standins status
 
 register: standins-up
 	. .standins/env && $(PY) -m ride_duration.registry
@@ -74,7 +74,7 @@ score: $(READY)
 	$(PY) batch/score.py --taxi-type green --year 2021 --month 2 --model models/lin_reg.npz
 
 refresh-notebooks: $(READY)
-	$(PY) -m ride_duration.notebooks refresh
+	$(PY) -m ride_duration.local.notebooks refresh
 
 diagrams: $(READY)
 	$(PY) imgs/make_diagrams.py
@@ -88,5 +88,5 @@ bench: $(READY)
 	$(PY) benchmarks/batch.py
 
 clean:
-	test -x $(PY) && $(PY) -m ride_duration.standins down || true
+	test -x $(PY) && $(PY) -m ride_duration.local.standins down || true
 	rm -rf $(VENV) models output .standins

@@ -5,7 +5,8 @@
                           [--output DIR|s3://bucket/prefix] [--engine pandas|spark]
 
 --model takes a model file (.npz or .pkl), s3://bucket/key.npz, models:/NAME@alias,
-models:/NAME/VERSION, runs:/RUN_ID/model or a run id [$BATCH_MODEL or models/lin_reg.npz].
+models:/NAME/VERSION, models:/m-<id>, runs:/RUN_ID/model, a run id or m-<id>: whatever
+ride_duration.models.load_model takes [$BATCH_MODEL or models/lin_reg.npz].
 The predictions go to <output>/taxi_type=<t>/year=<yyyy>/month=<mm>/<model version>.parquet
 [$BATCH_OUTPUT or output/]. Exit status: 0 done, 1 cannot do it (message on stderr), 130 stopped.
 """

@@ -50,7 +50,7 @@ import lambda_function
 seconds = time.perf_counter() - started
 with open("/proc/self/status") as status:
     peak_kb = int(re.search(r"VmHWM:\\s+(\\d+) kB", status.read()).group(1))
-print(json.dumps({"seconds": seconds, "peak_mb": peak_kb / 1024, "version": lambda_function.SERVICE.model.version}))
+print(json.dumps({"seconds": seconds, "peak_mb": peak_kb / 1024, "version": lambda_function.model.version}))
 """
 
 

@@ -18,7 +18,7 @@ for three services, all started on free loopback ports and measured in turns, ba
 
 and prints the ratios a/b and a/c, and the server's CPU time per request (which other load on
 the machine hardly changes, unlike requests/s). The load generator is wrk (Debian package `wrk`) when
-installed, else the package's asyncio client (ride_duration.loadgen), which uses more CPU.
+installed, else the package's asyncio client (ride_duration.local.loadgen), which uses more CPU.
 Nothing leaves the loopback interface; every run is bounded by --duration.
 
 To measure web-service-mlflow instead, for example:
@@ -42,9 +42,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ride_duration.background import serve_in_background  # noqa: E402
 from ride_duration.config import models_dir  # noqa: E402
-from ride_duration.loadgen import run_load  # noqa: E402
+from ride_duration.local.background import serve_in_background  # noqa: E402
+from ride_duration.local.loadgen import run_load  # noqa: E402
 
 RIDE = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40}
 TARGETS = {"a/b": 0.90, "a/c": 2.5, "p99_ms": 15.0}

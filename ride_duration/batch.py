@@ -34,8 +34,8 @@ import numpy as np
 
 from ride_duration import config, data
 from ride_duration.compact import CompactModel
-from ride_duration.features import pu_do
-from ride_duration.models import ModelNotFound, load_compact, split_s3_url
+from ride_duration.features import RIDE_FIELDS
+from ride_duration.models import ModelNotFound, load_model, split_s3_url
 
 DEFAULT_CHUNK_ROWS = 250_000
 ROW_INDEX = "row_index"  # a ride's position in its month's file: the last part of its id
@@ -49,8 +49,6 @@ OUTPUT_COLUMNS = (
     "diff",
     "model_version",
 )
-# Specs that name a model in MLflow rather than a file: models:/..., runs:/..., m-<id>, a run id.
-REGISTRY_SPEC = re.compile(r"^(models:/|runs:/|m-[0-9a-f]{32}$|[0-9a-f]{32}$)")
 
 
 class BatchError(Exception):
@@ -92,29 +90,12 @@ def output_schema():
 
 
 # ---- the model --------------------------------------------------------------------------
-def resolve_model(spec) -> CompactModel:
-    """A model from a local file, an s3://...npz object, or MLflow (models:/, runs:/, run id).
-
-    Raises ModelNotFound with a one-line reason whatever went wrong while loading.
-    """
-    if isinstance(spec, CompactModel):
-        return spec
-    spec = str(spec)
-    try:
-        if Path(spec).exists() or spec.startswith("s3://"):
-            return load_compact(spec)
-        if REGISTRY_SPEC.match(spec):
-            from ride_duration import registry  # needs MLflow: imported only for such specs
-
-            return registry.load_model(spec)
-    except ModelNotFound:
-        raise
-    except Exception as exc:  # a damaged file, an unreachable tracking server...
-        raise ModelNotFound(f"cannot load the model {spec}: {type(exc).__name__}: {exc}") from exc
-    raise ModelNotFound(
-        f"no model at {spec}: give a model file (.npz/.pkl), s3://bucket/key.npz, "
-        "models:/NAME@alias, models:/NAME/VERSION, runs:/RUN_ID/model or a run id"
-    )
+def compact_model(model) -> CompactModel:
+    """`model`, or the model a spec names (ride_duration.models.load_model), as the numpy export
+    that column-wise scoring and Spark need: a registered model without one is exported now."""
+    if not isinstance(model, CompactModel):
+        model = load_model(model)
+    return model if isinstance(model, CompactModel) else model.to_compact()
 
 
 # ---- where the output goes --------------------------------------------------------------
@@ -152,28 +133,22 @@ def write_parquet_atomic(tables: Iterable, location: str) -> None:
     """
     import pyarrow.parquet as pq
 
-    schema = output_schema()
-    on_s3 = location.startswith("s3://")
-    try:
-        if on_s3:
-            fd, tmp = tempfile.mkstemp(prefix="batch-", suffix=".parquet.part")
-        else:
-            target = Path(location)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    except OSError as exc:
-        raise BatchError(f"cannot write {location}: {exc.strerror or exc}") from None
-    os.close(fd)
-    try:
-        with pq.ParquetWriter(tmp, schema) as writer:
+    def write(path) -> None:
+        schema = output_schema()
+        with pq.ParquetWriter(str(path), schema) as writer:
             for table in tables:
                 writer.write_table(table.cast(schema))
-        if on_s3:
-            _upload(tmp, location)
-        else:
-            os.replace(tmp, location)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+
+    if location.startswith("s3://"):
+        with tempfile.TemporaryDirectory(prefix="batch-") as folder:
+            write(Path(folder) / "upload.parquet")
+            _upload(str(Path(folder) / "upload.parquet"), location)
+        return
+    try:
+        with config.atomic_path(Path(location)) as tmp:
+            write(tmp)
+    except OSError as exc:
+        raise BatchError(f"cannot write {location}: {exc.strerror or exc}") from None
 
 
 def _upload(path: str, location: str) -> None:
@@ -203,10 +178,12 @@ def _client_error(exc) -> str:
 def input_columns(names) -> list[str]:
     """The columns scoring reads; DataError naming what is missing if the file lacks some."""
     pickup, dropoff = data.datetime_columns(names)
-    missing = [c for c in (*data.LOCATION_COLUMNS, "trip_distance") if c not in names]
+    # The zones (output columns) and whatever raw fields the features declare, each once.
+    needed = list(dict.fromkeys((*data.LOCATION_COLUMNS, "trip_distance", *RIDE_FIELDS)))
+    missing = [c for c in needed if c not in names]
     if missing:
         raise data.DataError(f"trip data lacks required column(s): {', '.join(missing)}")
-    return [pickup, dropoff, *data.LOCATION_COLUMNS, "trip_distance"]
+    return [pickup, dropoff, *needed]
 
 
 def read_chunks(source: Path, rows: int) -> Iterator:
@@ -229,15 +206,11 @@ def ride_ids(taxi_type: str, year: int, month: int, row_index) -> list[str]:
 
 
 def predict(model: CompactModel, frame) -> np.ndarray:
-    """model.predict_frame, faster: the PU_DO key is built once per distinct pair, not per row.
+    """The model's predictions for a chunk: column-wise, features built as in training.
 
-    The keys come from features.pu_do, as in training; zone ids fit in 32 bits (TLC: 1..265).
+    features.category_keys formats the PU_DO key once per distinct zone pair, not per row.
     """
-    pickup = frame["PULocationID"].to_numpy(np.int64)
-    dropoff = frame["DOLocationID"].to_numpy(np.int64)
-    _, first, inverse = np.unique((pickup << 32) + (dropoff + 2**31), return_index=True, return_inverse=True)
-    keys = np.array([pu_do(p, d) for p, d in zip(pickup[first].tolist(), dropoff[first].tolist())], dtype=object)
-    return model.predict_keys(keys[inverse].tolist(), frame["trip_distance"].to_numpy(np.float64))
+    return model.predict_frame(frame)
 
 
 def score_chunk(frame, model: CompactModel, taxi_type: str, year: int, month: int):
@@ -304,7 +277,7 @@ def score_month(
 
     Args:
         taxi_type, year, month: the month scored: exactly that month.
-        model: a CompactModel or a spec for `resolve_model` [BATCH_MODEL].
+        model: a CompactModel or a spec for ride_duration.models.load_model [BATCH_MODEL].
         output: root directory or s3://bucket/prefix [BATCH_OUTPUT].
         source: a parquet file to read instead of the TLC's month (e.g. a synthetic one).
         engine: "pandas" (chunks in this process) or "spark".
@@ -318,7 +291,7 @@ def score_month(
     taxi_type, year, month = _check_month(taxi_type, year, month)
     source = Path(source) if source is not None else data.trip_file(taxi_type, year, month)
     rows_read = _parquet_rows(source)
-    model = resolve_model(model if model is not None else default_model())
+    model = compact_model(model if model is not None else default_model())
     location = output_location(
         output if output is not None else default_output(), taxi_type, year, month, model.version
     )
@@ -591,7 +564,7 @@ def backfill(
     """
     if start > end:
         raise BatchError(f"the range is empty: {start[0]:04d}-{start[1]:02d} is after {end[0]:04d}-{end[1]:02d}")
-    model = resolve_model(model if model is not None else default_model())
+    model = compact_model(model if model is not None else default_model())
     root = output if output is not None else default_output()
     if engine == "spark" and spark is None:
         with _spark_for() as session:

@@ -1,10 +1,17 @@
 """Paths and settings, each overridable by an environment variable (defaults in brackets).
 
-RIDE_DURATION_HOME [repo root]    where data/ and models/ live
+RIDE_DURATION_HOME [see below]    where data/, models/ and (batch) output/ live
 RIDE_DURATION_DATA [HOME/data]    local cache of TLC files
 RIDE_DURATION_MODELS [HOME/models] trained model files
 TLC_MIRROR [unset]                a directory holding TLC files under their own names
 TLC_BASE_URL [the TLC's CloudFront address]
+
+HOME is, in this order: RIDE_DURATION_HOME; the repository, when the package runs from a
+checkout (its parent folder holds a pyproject.toml, as with an editable install); else the
+working directory at import. So a folder copied out of the repository, with the package
+installed from a wheel, finds models/lin_reg.npz and writes output/ beside where it runs,
+never inside site-packages. Only the local tooling (ride_duration.local), which works in a
+checkout alone, uses REPO_ROOT.
 """
 
 from __future__ import annotations
@@ -15,8 +22,23 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+
+def is_checkout(folder: Path) -> bool:
+    """Whether `folder` is a source tree (it holds a pyproject.toml); site-packages never is."""
+    return (folder / "pyproject.toml").is_file()
+
+
+def default_home() -> Path:
+    """RIDE_DURATION_HOME, else the checkout the package runs from, else the working directory."""
+    if os.environ.get("RIDE_DURATION_HOME"):
+        return Path(os.environ["RIDE_DURATION_HOME"])
+    return REPO_ROOT if IN_CHECKOUT else Path.cwd()
+
+
+# Installed from a wheel, the package's parent is site-packages: no place for data or models.
 REPO_ROOT = Path(__file__).resolve().parent.parent
-HOME = Path(os.environ.get("RIDE_DURATION_HOME", REPO_ROOT))
+IN_CHECKOUT = is_checkout(REPO_ROOT)
+HOME = default_home()
 DEFAULT_TLC_BASE_URL = "https://d37ci6vzurychx.cloudfront.net"
 TAXI_TYPES = ("green", "yellow", "fhv", "fhvhv")
 

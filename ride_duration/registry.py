@@ -1,4 +1,4 @@
-"""Experiment tracking and the model registry (MLflow), and loading registered models to serve.
+"""Experiment tracking and the model registry (MLflow): training and registering the model that serving loads.
 
     python -m ride_duration.registry [--retrain] [--load SPEC]
 
@@ -9,9 +9,8 @@ Settings (environment variables, defaults in brackets):
     MODEL_NAME [ride-duration]        the registered model's name
     MODEL_ALIAS [production]          the alias that serving follows
     EXPERIMENT_NAME [ride-duration]   the experiment that training runs go to
-    MLFLOW_TRACKING_URI               the tracking server (ride_duration.standins sets it)
-    MODEL_BUCKET [ride-duration-models], MLFLOW_EXPERIMENT_ID [found by listing]
-                                      where to read a run or model id straight from S3
+    MLFLOW_TRACKING_URI               the tracking server (ride_duration.local.standins sets it)
+    MODEL_BUCKET [ride-duration-models]   the bucket holding MLflow's artifacts
     MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and _PASSWORD   for a server that
                                       asks for them (MLflow's own variables)
 
@@ -23,19 +22,10 @@ What one training run leaves (MLflow 3 layout on the artifact store):
         numpy arrays (ride_duration.compact): a derived serving form that numpy and boto3
         can load without MLflow or scikit-learn (the Lambda, the web service started from S3).
 
-load_model(spec) accepts:
-    models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<id>, runs:/<run id>/model
-        resolved through the tracking server (MLFLOW_TRACKING_URI), over its REST API, to the
-        run that trained the model, whose compact export is then read from S3: urllib, numpy
-        and boto3, no MLflow import, so a service starts in seconds. The MLflow client takes
-        over where that does not apply (a local tracking store, a non-S3 artifact store, a
-        version registered without a compact export: then the MLflow model itself is loaded
-        and exported on the fly, which needs scikit-learn);
-    m-<model id>, or a bare run id (32 hex digits)
-        read straight from S3 with no tracking server: numpy and boto3 only.
-Whichever way a model is loaded, its `.version` is the run id of the run that trained it, so a
-service answers with the same model_version whether it started from the registry or from S3;
-the registry's version number is in RegisteredModel.version.
+Serving loads these with ride_duration.models.load_model (MLflow URIs through MLflow's client,
+then the run's compact export from S3; run and model ids from S3 alone). Whichever way, a
+model's `.version` is the run id of the run that trained it; the registry's version number is
+in RegisteredModel.version.
 
 Real AWS: with AWS_ENDPOINT_URL and MLFLOW_S3_ENDPOINT_URL unset, MODEL_BUCKET naming your
 bucket and MLFLOW_TRACKING_URI your tracking server, the same code talks to AWS.
@@ -50,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import tempfile
 import time
 import warnings
@@ -59,17 +48,15 @@ from pathlib import Path
 
 from ride_duration import config
 from ride_duration.compact import CompactModel
-from ride_duration.models import ModelNotFound, ModelStoreUnavailable, load_compact, run_artifact_url
+from ride_duration.models import (
+    COMPACT_ARTIFACT,
+    ModelNotFound,
+    import_mlflow,
+    tracking_server_errors,
+)
 
-COMPACT_ARTIFACT = "compact/model.npz"
 MODEL_ARTIFACT = "model"  # the logged model's name: runs:/<run id>/model
 SKOPS_TRUSTED_TYPES = ["ride_duration.features.ride_features", "sklearn.tree._tree.Tree"]
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-MODEL_ID = re.compile(r"^m-[0-9a-f]{32}$")
-SPEC_HELP = (
-    "models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<id>, runs:/<run id>/model "
-    "(through the tracking server), or a model id m-<32 hex> or run id <32 hex> (read from S3)"
-)
 
 
 def model_name() -> str:
@@ -200,7 +187,7 @@ def ensure_registered_model(**train_kwargs) -> RegisteredModel:
     """
     name, alias = train_kwargs.get("name") or model_name(), train_kwargs.get("alias") or model_alias()
     client = _client()
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import RestException
 
     with _quiet():
         try:
@@ -217,255 +204,28 @@ def ensure_registered_model(**train_kwargs) -> RegisteredModel:
                     run.info.experiment_id,
                     artifact_uri,
                 )
-        except MlflowException:
-            pass  # no such model or alias yet
+        except RestException:
+            pass  # the server's answer: no such model or alias yet
     return train_and_register(**train_kwargs)
-
-
-# ---- loading -------------------------------------------------------------------------------
-def load_model(spec: str) -> CompactModel:
-    """A servable model from an MLflow URI (tracking server) or a run/model id (S3 alone).
-
-    Raises ModelNotFound, naming the spec and where it looked, when there is no such model;
-    ModelStoreUnavailable (a ModelNotFound) when the tracking server or S3 does not answer.
-    """
-    spec = (spec or "").strip()
-    if spec.startswith(("models:/", "runs:/")):
-        return _load_through_tracking_server(spec)
-    if MODEL_ID.match(spec):
-        return _load_model_id_from_s3(spec)
-    if RUN_ID.match(spec):
-        return _load_run_from_s3(spec)
-    raise ModelNotFound(f"{spec!r} is not a model location: use {SPEC_HELP}")
-
-
-def _load_through_tracking_server(spec: str) -> CompactModel:
-    """Resolve the URI to its run over MLflow's REST API and read the run's compact export from
-    S3: urllib and boto3 only, so a service starts in about a second without importing MLflow.
-    Anything else (a local tracking store, a non-S3 artifact store, a model registered without
-    a compact export) is left to the MLflow client."""
-    target = _parse_uri(spec)
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if uri.startswith(("http://", "https://")):
-        _check_tracking_server(uri)
-        run_id = _run_id_over_rest(uri, spec, target)
-        if run_id:
-            artifact_uri = _rest(uri, spec, "runs/get", run_id=run_id)["run"]["info"]["artifact_uri"]
-            if artifact_uri.startswith("s3://"):
-                try:
-                    return load_compact(f"{artifact_uri}/{COMPACT_ARTIFACT}")
-                except ModelStoreUnavailable:
-                    raise
-                except ModelNotFound:
-                    pass  # no compact export: MLflow loads the model itself below
-    return _load_with_mlflow(spec, target)
-
-
-def _parse_uri(spec: str) -> tuple[str, ...]:
-    """("run", id) | ("logged", m-id) | ("alias", name, alias) | ("version", name, number)."""
-    if spec.startswith("runs:/"):
-        run_id = spec.removeprefix("runs:/").split("/", 1)[0]
-        if RUN_ID.match(run_id):
-            return ("run", run_id)
-    else:
-        target = spec.removeprefix("models:/").strip("/")
-        if MODEL_ID.match(target):
-            return ("logged", target)
-        if "@" in target:
-            name, alias = target.split("@", 1)
-            if name and alias:
-                return ("alias", name, alias)
-        name, _, version = target.rpartition("/")
-        if name and version.isdigit():
-            return ("version", name, version)
-    raise ModelNotFound(f"{spec!r} is not a model location: use {SPEC_HELP}")
-
-
-def _run_id_over_rest(base: str, spec: str, target: tuple[str, ...]) -> str:
-    kind = target[0]
-    if kind == "run":
-        return target[1]
-    if kind == "logged":
-        return _rest(base, spec, f"logged-models/{target[1]}")["model"]["info"].get("source_run_id", "")
-    if kind == "alias":
-        return _rest(base, spec, "registered-models/alias", name=target[1], alias=target[2])["model_version"].get(
-            "run_id", ""
-        )
-    return _rest(base, spec, "model-versions/get", name=target[1], version=target[2])["model_version"].get("run_id", "")
-
-
-def _rest(base: str, spec: str, endpoint: str, **params) -> dict:
-    """One GET of MLflow's REST API; its errors become ModelNotFound with MLflow's message."""
-    import json
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    url = f"{base.rstrip('/')}/api/2.0/mlflow/{endpoint}"
-    if params:
-        url += "?" + urllib.parse.urlencode(params)
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=_auth_headers()), timeout=30) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            error = json.loads(exc.read())
-            reason = f"{error.get('error_code', exc.code)}: {error.get('message', '')}"
-        except ValueError:
-            reason = f"HTTP {exc.code}"
-        raise ModelNotFound(f"no model at {spec} on {base}: {reason}") from None
-    except OSError as exc:
-        raise ModelStoreUnavailable(f"the MLflow tracking server at {base} does not answer ({exc})") from None
-
-
-def _auth_headers() -> dict[str, str]:
-    """MLflow's own variables for a server behind authentication."""
-    import base64
-
-    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
-        return {"Authorization": f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"}
-    if os.environ.get("MLFLOW_TRACKING_USERNAME"):
-        pair = f"{os.environ['MLFLOW_TRACKING_USERNAME']}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}"
-        return {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
-    return {}
-
-
-def _load_with_mlflow(spec: str, target: tuple[str, ...]) -> CompactModel:
-    """The same resolution with the MLflow client, for the cases the light path leaves."""
-    mlflow = _mlflow()
-    client = _client()
-    with _quiet():
-        try:
-            run_id = _run_id_with_client(client, target)
-            artifact_uri = client.get_run(run_id).info.artifact_uri
-        except mlflow.exceptions.MlflowException as exc:
-            raise ModelNotFound(f"no model at {spec} on {mlflow.get_tracking_uri()}: {_first_line(exc)}") from None
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                local = mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"{artifact_uri}/{COMPACT_ARTIFACT}", dst_path=tmp
-                )
-                return CompactModel.load(local)
-            except Exception:  # a model registered by other means: export it on the fly
-                pass
-        try:
-            import mlflow.sklearn
-
-            pipeline = mlflow.sklearn.load_model(spec)
-        except Exception as exc:  # ImportError too: the light image has no scikit-learn
-            raise ModelNotFound(
-                f"{spec} resolves to run {run_id}, but neither {COMPACT_ARTIFACT} nor an "
-                f"scikit-learn model could be read: {_first_line(exc)}"
-            ) from None
-    return CompactModel.from_pipeline(pipeline, version=run_id)
-
-
-def _run_id_with_client(client, target: tuple[str, ...]) -> str:
-    kind = target[0]
-    if kind == "run":
-        return client.get_run(target[1]).info.run_id
-    if kind == "logged":
-        return client.get_logged_model(target[1]).source_run_id
-    if kind == "alias":
-        return client.get_model_version_by_alias(target[1], target[2]).run_id
-    return client.get_model_version(target[1], target[2]).run_id
-
-
-def _load_run_from_s3(run_id: str, experiment_ids: list[str] | None = None) -> CompactModel:
-    bucket = model_bucket()
-    experiment_ids = experiment_ids or _experiment_ids_in(bucket)
-    for experiment_id in experiment_ids:
-        try:
-            return load_compact(run_artifact_url(bucket, experiment_id, run_id, COMPACT_ARTIFACT))
-        except ModelStoreUnavailable:
-            raise
-        except ModelNotFound:
-            continue
-    raise ModelNotFound(
-        f"no run {run_id} with {COMPACT_ARTIFACT} in s3://{bucket}/ "
-        f"(experiments looked in: {', '.join(experiment_ids) or 'none'}): "
-        "check the id, MODEL_BUCKET and MLFLOW_EXPERIMENT_ID"
-    )
-
-
-def _load_model_id_from_s3(model_id: str) -> CompactModel:
-    """The MLmodel file names the run that logged the model; that run holds the compact export."""
-    from ride_duration.models import read_s3
-
-    bucket = model_bucket()
-    experiment_ids = _experiment_ids_in(bucket)
-    for experiment_id in experiment_ids:
-        try:
-            mlmodel = read_s3(f"s3://{bucket}/{experiment_id}/models/{model_id}/artifacts/MLmodel").decode()
-        except ModelStoreUnavailable:
-            raise
-        except ModelNotFound:
-            continue
-        found = re.search(r"^run_id: *([0-9a-f]{32})\s*$", mlmodel, re.MULTILINE)
-        if not found:
-            raise ModelNotFound(f"the MLmodel file of {model_id} names no run: load it with models:/{model_id}")
-        return _load_run_from_s3(found.group(1), [experiment_id])
-    raise ModelNotFound(
-        f"no model {model_id} in s3://{bucket}/ (experiments looked in: "
-        f"{', '.join(experiment_ids) or 'none'}): check the id, MODEL_BUCKET and MLFLOW_EXPERIMENT_ID"
-    )
-
-
-def _experiment_ids_in(bucket: str) -> list[str]:
-    """MLFLOW_EXPERIMENT_ID if set, else the experiment folders at the top of the bucket."""
-    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        return [os.environ["MLFLOW_EXPERIMENT_ID"]]
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Delimiter="/")
-        prefixes = [p["Prefix"].rstrip("/") for page in pages for p in page.get("CommonPrefixes", [])]
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        raise ModelNotFound(f"cannot list s3://{bucket}/ ({code}): check MODEL_BUCKET and the credentials") from None
-    except BotoCoreError as exc:
-        raise ModelStoreUnavailable(
-            f"S3 does not answer ({exc}): is the stand-in up (python -m ride_duration.standins up)?"
-        ) from None
-    return sorted((p for p in prefixes if p.isdigit()), key=int)
 
 
 # ---- MLflow helpers ------------------------------------------------------------------------
 def _mlflow():
-    """MLflow, imported on first use with its console chatter turned off."""
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    with warnings.catch_warnings():
-        # `import mlflow` imports tqdm.auto, which warns in a Jupyter kernel without ipywidgets.
-        warnings.filterwarnings("ignore", message="IProgress not found")
-        import mlflow
-        import mlflow.artifacts  # mlflow.sklearn is imported where needed: it needs pandas
+    """MLflow, imported on first use with ride_duration.models' defaults (quiet, quick to fail)."""
+    mlflow = import_mlflow("the registry")
+    import mlflow.artifacts  # noqa: F811  (mlflow.sklearn is imported where needed: it needs pandas)
 
     return mlflow
 
 
 def _client():
-    """An MlflowClient, after checking that the tracking server answers."""
+    """An MlflowClient, after one cheap call: MLflow's retries would otherwise let a dead
+    tracking server cost a minute of training before the first call that fails."""
     mlflow = _mlflow()
-    uri = mlflow.get_tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        _check_tracking_server(uri)
-    return mlflow.MlflowClient()
-
-
-def _check_tracking_server(uri: str) -> None:
-    """A quick /health first: MLflow's client retries for minutes on a server that is not there."""
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
-            response.read()
-    except OSError as exc:
-        raise ModelStoreUnavailable(
-            f"the MLflow tracking server at {uri} does not answer ({exc}): start it with "
-            "`python -m ride_duration.standins up`, or load the model by run id from S3"
-        ) from None
+    client = mlflow.MlflowClient()
+    with tracking_server_errors("the registry", mlflow.get_tracking_uri()):
+        client.get_experiment_by_name(experiment_name())
+    return client
 
 
 @contextlib.contextmanager
@@ -537,11 +297,6 @@ def _artifacts_exist(artifact_uri: str, path: str) -> bool:
     return any(entry.path.rsplit("/", 1)[-1] == name for entry in listed)
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
 # ---- command line ----------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """python -m ride_duration.registry [--retrain] [--load SPEC]"""
@@ -561,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         "--load", metavar="SPEC", help="load this model (URI, run id or model id) and print its version"
     )
     args = parser.parse_args(argv)
+    from ride_duration.models import load_model
+
     try:
         if args.load:
             started = time.perf_counter()

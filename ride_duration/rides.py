@@ -1,19 +1,18 @@
 """Validation of incoming rides, shared by the web services and the stream consumer.
 
-A ride is a JSON object with PULocationID and DOLocationID (integers 1..265, the TLC's
-zones) and trip_distance (miles, a finite number from 0 to MAX_TRIP_DISTANCE). Extra
-fields are ignored. Errors name the field, so a client can fix its request.
+A ride is a JSON object with the raw fields ride_duration.features declares (RAW_FIELDS):
+today PULocationID and DOLocationID (integers 1..265, the TLC's zones) and trip_distance
+(miles, a finite number from 0 to 500). Each field is checked as its declaration says, so a
+field added there is validated here too. Extra fields are ignored. Errors name the field, so
+a client can fix its request.
 """
 
 from __future__ import annotations
 
 import math
 
-from ride_duration.features import RIDE_FIELDS
-
-MIN_LOCATION_ID, MAX_LOCATION_ID = 1, 265
-# Longer than any taxi ride in New York; the TLC's files hold typos far above it.
-MAX_TRIP_DISTANCE = 500.0
+from ride_duration import features
+from ride_duration.features import RawField
 
 
 class InvalidRide(ValueError):
@@ -21,36 +20,49 @@ class InvalidRide(ValueError):
 
 
 def validate_ride(ride, where: str = "ride") -> dict:
-    """Return the ride's three fields, checked and normalised, or raise InvalidRide."""
+    """Return the ride's raw fields, checked and normalised, or raise InvalidRide."""
+    fields = features.RAW_FIELDS  # looked up per call, so a notebook or test may swap the declaration
     if not isinstance(ride, dict):
-        raise InvalidRide(f"{where} must be a JSON object with {', '.join(RIDE_FIELDS)}, got {_json_type(ride)}")
-    missing = [name for name in RIDE_FIELDS if name not in ride]
+        raise InvalidRide(f"{where} must be a JSON object with {', '.join(fields)}, got {_json_type(ride)}")
+    missing = [name for name in fields if name not in ride]
     if missing:
         raise InvalidRide(f"{where} is missing field(s): {', '.join(missing)}")
-    clean = {}
-    for name in ("PULocationID", "DOLocationID"):
-        value = ride[name]
-        # bool is an int in Python, and a float like 130.0 is accepted only when whole.
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidRide(f"{where}.{name} must be an integer zone id, got {_json_type(ride[name])}")
-        if not MIN_LOCATION_ID <= value <= MAX_LOCATION_ID:
-            raise InvalidRide(f"{where}.{name} must be between {MIN_LOCATION_ID} and {MAX_LOCATION_ID}, got {value}")
-        clean[name] = value
-    distance = ride["trip_distance"]
-    if isinstance(distance, bool) or not isinstance(distance, (int, float)):
-        raise InvalidRide(f"{where}.trip_distance must be a number of miles, got {_json_type(distance)}")
-    if isinstance(distance, float) and not math.isfinite(distance):
-        raise InvalidRide(f"{where}.trip_distance must be finite, got {distance}")
+    return {name: CHECKS[field.kind](ride[name], field, f"{where}.{name}") for name, field in fields.items()}
+
+
+def _integer(value, field: RawField, where: str) -> int:
+    given = value
+    # bool is an int in Python, and a float like 130.0 is accepted only when whole.
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRide(f"{where} must be {field.what}, got {_json_type(given)}")
+    if not field.minimum <= value <= field.maximum:
+        raise InvalidRide(f"{where} must be between {_range(field)}, got {value}")
+    return value
+
+
+def _number(value, field: RawField, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRide(f"{where} must be {field.what}, got {_json_type(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidRide(f"{where} must be finite, got {value}")
     try:
-        miles = float(distance)
+        number = float(value)
     except OverflowError:  # an integer too large for a float
-        miles, distance = math.inf, "a number too large"
-    if not 0 <= miles <= MAX_TRIP_DISTANCE:
-        raise InvalidRide(f"{where}.trip_distance must be between 0 and {MAX_TRIP_DISTANCE:g} miles, got {distance}")
-    clean["trip_distance"] = miles
-    return clean
+        number, value = math.inf, "a number too large"
+    if not field.minimum <= number <= field.maximum:
+        raise InvalidRide(f"{where} must be between {_range(field)}, got {value}")
+    return number
+
+
+CHECKS = {"integer": _integer, "number": _number}
+
+
+def _range(field: RawField) -> str:
+    """The bounds as errors print them, whole ones without a decimal point: 0 and 500 miles."""
+    low, high = (str(int(b)) if float(b).is_integer() else str(b) for b in (field.minimum, field.maximum))
+    return f"{low} and {high} {field.unit}".rstrip()
 
 
 def _json_type(value) -> str:

@@ -1,8 +1,11 @@
-"""The prediction web service: a Flask app around a loaded model, with all input checks.
+"""What every prediction web service shares: input checks, JSON answers and errors, limits.
 
-`create_app(model)` is shared by every service folder (web-service/ loads a model file,
-web-service-mlflow/ loads one from MLflow): each only changes how the model is loaded.
-The model needs `.predict(rides) -> sequence of minutes` and `.version`.
+Each service folder's predict.py (web-service/ loads a model file, web-service-mlflow/ one
+from MLflow) defines its Flask app and routes itself, and calls guard(app, limits) for the rest:
+    app = Flask(__name__)
+    service.guard(app, service.Limits.from_env())   # bodies read whole; every error as JSON
+    @app.post("/predict") ... service.parse_rides(service.body(), ...) ... service.answer(...)
+The model needs `.predict(rides) -> sequence of minutes` and `.version`. The routes:
 
     POST /predict  one ride {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40}
                    -> {"duration": <minutes>, "model_version": "<id>"}
@@ -19,6 +22,7 @@ MAX_REQUEST_BYTES [1048576]      largest body read (else 413); 1000 rides take a
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
@@ -40,54 +44,47 @@ def max_request_bytes() -> int:
     return config.env_int("MAX_REQUEST_BYTES", DEFAULT_MAX_BODY_BYTES)
 
 
-def create_app(
-    model, *, version: str | None = None, max_rides: int | None = None, max_body_bytes: int | None = None
-) -> Flask:
-    """A Flask app answering /predict with `model` and /health with its version.
+@dataclass(frozen=True)
+class Limits:
+    """What one request may hold."""
 
-    Args:
-        model: a loaded model, e.g. ride_duration.compact.CompactModel.
-        version: the id reported in every answer [model.version].
-        max_rides: longest list of rides accepted [MAX_RIDES_PER_REQUEST].
-        max_body_bytes: largest request body accepted [MAX_REQUEST_BYTES].
+    max_rides: int = DEFAULT_MAX_RIDES  # longest list of rides answered (else 400)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # largest body read (else 413)
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        """MAX_RIDES_PER_REQUEST and MAX_REQUEST_BYTES; SettingError when one is not usable."""
+        return cls(max_rides_per_request(), max_request_bytes())
+
+
+def guard(app: Flask, limits: Limits) -> None:
+    """Make `app` read every request body within `limits` and answer every error as JSON.
+
+    Each route then finds its body in body(); an InvalidRide raised in a route answers 400 with
+    its message, and 404, 405, 413 and any other exception (500) answer {"error": ...} too.
     """
-    version = str(version or model.version)
-    max_rides = max_rides or max_rides_per_request()
-    max_body_bytes = max_body_bytes or max_request_bytes()
-    app = Flask("ride_duration.service")
-    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes  # for any werkzeug reader; ours is below
+    too_large = f"the request body is larger than {limits.max_body_bytes} bytes"
+    app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes  # for any werkzeug reader; ours is below
 
     @app.before_request
     def read_body():
         # Read every body before answering, even for an unknown path: gunicorn drains an
         # unread body after the answer, and that drain can swallow the client's next request
         # on a keep-alive connection, which then waits for the keep-alive time-out.
-        body = read_request_body(request.environ, max_body_bytes)
-        if body is None:
-            return error(413, f"the request body is larger than {max_body_bytes} bytes")
-        request.environ[BODY_KEY] = body
+        whole_body = read_request_body(request.environ, limits.max_body_bytes)
+        if whole_body is None:
+            return error(413, too_large)
+        request.environ[BODY_KEY] = whole_body
         return None
 
-    @app.post("/predict")
-    def predict():
-        try:
-            rides, single = parse_rides(request.environ[BODY_KEY], max_rides)
-        except InvalidRide as exc:
-            return error(400, str(exc))
-        durations = model.predict(rides)
-        if single:
-            return answer({"duration": float(durations[0]), "model_version": version})
-        return answer([{"duration": float(d), "model_version": version} for d in durations])
-
-    @app.get("/health")
-    def health():
-        # The model is loaded before the app exists, so answering means ready.
-        return answer({"status": "ok", "model_version": version})
+    @app.errorhandler(InvalidRide)
+    def invalid_ride(exc: InvalidRide):
+        return error(400, str(exc))
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         if exc.code == 413:
-            return error(413, f"the request body is larger than {max_body_bytes} bytes")
+            return error(413, too_large)
         if exc.code == 405:
             allowed = [m for m in sorted(exc.valid_methods or []) if m not in ("HEAD", "OPTIONS")]
             return error(405, f"{request.method} is not allowed on {request.path}: use {', '.join(allowed)}")
@@ -100,7 +97,10 @@ def create_app(
         app.logger.exception("unexpected error on %s %s", request.method, request.path)
         return error(500, "internal error: the service could not answer this request")
 
-    return app
+
+def body() -> bytes:
+    """The current request's body, read whole by guard() before the route runs."""
+    return request.environ[BODY_KEY]
 
 
 def parse_rides(body: bytes, max_rides: int) -> tuple[list[dict], bool]:
@@ -133,7 +133,7 @@ def read_request_body(environ: dict, max_bytes: int) -> bytes | None:
     Reads the WSGI input directly (werkzeug's stream wrappers cost more than the model): up
     to Content-Length, or for a chunked body, which the server terminates, up to one byte
     past the limit. A refused body announced by Content-Length is read and dropped when
-    under DISCARD_LIMIT, so that gunicorn has nothing to drain (see create_app); a longer
+    under DISCARD_LIMIT, so that gunicorn has nothing to drain (see guard); a longer
     one is left to gunicorn, which drains a bounded part and closes the connection.
     """
     stream = environ["wsgi.input"]

@@ -1,16 +1,20 @@
 """Streaming deployment: ride events from Kinesis in, duration predictions out.
 
-The Lambda (streaming/lambda_function.py) is a thin edge over `PredictionService`. The rest
-of this module lets the same code run without AWS: a producer, a reader, and
-`LocalEventSourceMapping`, which drives the handler from a stream the way Lambda does.
+The Lambda (streaming/lambda_function.py) shows the handler's flow; this module is its
+parts: the settings, decoding and validation, the model call, PutRecords with retries, the
+batch response. Running it all without AWS (a producer, a shard reader, Lambda's
+event-source mapping in-process) is ride_duration.local.event_source, which no image ships.
 
 Environment (defaults in brackets):
 
 RIDE_EVENTS_STREAM_NAME [ride_events]          the stream rides arrive on
 PREDICTIONS_STREAM_NAME [ride_predictions]     the stream predictions are written to
-MODEL_LOCATION [unset]                         an s3://bucket/key.npz or a local .npz/.pkl
-RUN_ID, MLFLOW_EXPERIMENT_ID, MODEL_BUCKET [ride-duration-models]
-                                               else: the MLflow run's compact/model.npz on S3
+MODEL_LOCATION or RUN_ID (set one)             the model (ride_duration.models.load_model):
+                                               MODEL_LOCATION an s3://bucket/key.npz or a local
+                                               .npz/.pkl; RUN_ID an MLflow run whose
+                                               compact/model.npz is read from S3: MODEL_BUCKET
+                                               [ride-duration-models], MLFLOW_EXPERIMENT_ID
+                                               [found by listing, which needs s3:ListBucket]
 TEST_RUN [False]                               predict but write nothing
 MALFORMED_RECORDS [report]                     report: log, list under "rejected" and return
                                                in batchItemFailures (Lambda's contract);
@@ -62,6 +66,8 @@ DEFAULT_PREDICTIONS_STREAM = "ride_predictions"
 MAX_RECORDS_PER_CALL = 500
 MAX_BYTES_PER_CALL = 5 * 1024 * 1024
 MAX_PARTITION_KEY_LENGTH = 256
+# Where Settings.from_env finds the model spec (ride_duration.models.spec_from_env).
+MODEL_SETTINGS = ("MODEL_LOCATION", "RUN_ID")
 # Error codes worth another attempt; anything else (missing stream, no permission) is final.
 RETRYABLE_ERRORS = {
     "ProvisionedThroughputExceededException",
@@ -85,24 +91,6 @@ def predictions_stream() -> str:
 
 def is_test_run() -> bool:
     return os.environ.get("TEST_RUN", "False").strip().lower() in ("1", "true", "yes")
-
-
-def model_location() -> str:
-    """MODEL_LOCATION, or the S3 address of an MLflow run's compact model."""
-    location = os.environ.get("MODEL_LOCATION")
-    if location:
-        return location
-    run_id, experiment_id = os.environ.get("RUN_ID"), os.environ.get("MLFLOW_EXPERIMENT_ID")
-    if run_id and experiment_id:
-        from ride_duration.models import run_artifact_url
-
-        return run_artifact_url(config.model_bucket(), experiment_id, run_id)
-    from ride_duration.models import ModelNotFound
-
-    raise ModelNotFound(
-        "no model configured: set MODEL_LOCATION (s3://bucket/key.npz or a local .npz), "
-        "or RUN_ID and MLFLOW_EXPERIMENT_ID (and MODEL_BUCKET)"
-    )
 
 
 def kinesis_client():
@@ -270,71 +258,114 @@ def _chunks(indices: list[int], entries: list[dict]) -> list[list[int]]:
     return chunks
 
 
-# ---- the handler's core ---------------------------------------------------------------
+# ---- the handler's steps (streaming/lambda_function.py runs them in order) -------------
+@dataclass(frozen=True)
+class Settings:
+    """What the Lambda's environment asks for (see the module docstring)."""
+
+    model_spec: str  # for ride_duration.models.load_model
+    predictions_stream: str
+    test_run: bool  # predict but write nothing
+    report_malformed: bool  # malformed records in batchItemFailures too (MALFORMED_RECORDS=report)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        from ride_duration.models import spec_from_env
+
+        model_spec = spec_from_env(MODEL_SETTINGS)  # first: a missing model is the likeliest mistake
+        policy = os.environ.get("MALFORMED_RECORDS", "report").strip().lower()
+        if policy not in ("reject", "report"):
+            raise ValueError(f"MALFORMED_RECORDS must be report or reject, got {policy!r}")
+        return cls(model_spec, predictions_stream(), is_test_run(), report_malformed=policy == "report")
+
+
+@dataclass(frozen=True)
+class DecodedRecord:
+    sequence_number: str
+    ride_id: int | str
+    ride: dict
+
+
+def decode_records(records: list[dict]) -> tuple[list[DecodedRecord], list[dict]]:
+    """The batch's valid rides, and {"itemIdentifier", "reason"} for each record that holds none.
+
+    A bad record is logged and set aside: it never stops the valid ones around it.
+    """
+    decoded, rejected = [], []
+    for record in records:
+        sequence_number = record.get("kinesis", {}).get("sequenceNumber")
+        try:
+            ride_id, ride = decode_record(record)
+        except BadRecord as exc:
+            log.warning("rejected record %s: %s", sequence_number, exc)
+            rejected.append({"itemIdentifier": sequence_number, "reason": str(exc)})
+            continue
+        decoded.append(DecodedRecord(sequence_number, ride_id, ride))
+    return decoded, rejected
+
+
+def deliver(writer: KinesisWriter, decoded: list[DecodedRecord], predictions: list[dict]) -> list[str]:
+    """Write the predictions (PutRecords, retried); the sequence numbers of the undelivered ones."""
+    if not predictions:
+        return []
+    entries = [{"Data": json.dumps(p).encode(), "PartitionKey": str(d.ride_id)} for p, d in zip(predictions, decoded)]
+    undelivered = []
+    for failure in writer.put(entries).failed:
+        record = decoded[failure.index]
+        log.error(
+            "undelivered prediction for record %s (ride_id %s): %s %s",
+            record.sequence_number,
+            record.ride_id,
+            failure.code,
+            failure.message,
+        )
+        undelivered.append(record.sequence_number)
+    return undelivered
+
+
+def batch_response(
+    records: list[dict], predictions: list[dict], rejected: list[dict], undelivered: list[str], report_malformed: bool
+) -> dict:
+    """The handler's answer; Lambda reads only batchItemFailures, in the batch's order.
+
+    Undelivered predictions always go into batchItemFailures, for Lambda to retry; malformed
+    records too unless report_malformed is False (MALFORMED_RECORDS=reject).
+    """
+    failed = ([r["itemIdentifier"] for r in rejected] if report_malformed else []) + undelivered
+    order = {r.get("kinesis", {}).get("sequenceNumber"): n for n, r in enumerate(records)}
+    failed.sort(key=order.__getitem__)
+    return {
+        "predictions": predictions,
+        "batchItemFailures": [{"itemIdentifier": s} for s in failed],
+        "rejected": rejected,
+    }
+
+
 class PredictionService:
-    """Turns a Lambda Kinesis event into predictions, written to a stream.
+    """The Lambda's steps over a model and writer the caller brings (benchmarks, the demo).
+
+    The deployed handler is streaming/lambda_function.py, which runs the same steps with the
+    model and writer its environment describes; a test checks that the two agree.
 
     Args:
         model: anything with `.predict(list_of_rides)` and `.version` (a CompactModel).
         writer: a KinesisWriter, or None to write nothing (TEST_RUN).
-        report_malformed: return malformed records in batchItemFailures too (the default,
-            Lambda's contract); False keeps them out, so that Lambda never re-delivers the
-            valid records behind them (MALFORMED_RECORDS=reject; see the module's failure policy).
+        report_malformed: see batch_response.
     """
 
     def __init__(self, model, writer: KinesisWriter | None = None, report_malformed: bool = True):
         self.model, self.writer, self.report_malformed = model, writer, report_malformed
 
     def handle(self, event: dict) -> dict:
-        ride_ids, rides, sequence_numbers, rejected = [], [], [], []
-        for record in event.get("Records", []):
-            sequence_number = record.get("kinesis", {}).get("sequenceNumber")
-            try:
-                ride_id, ride = decode_record(record)
-            except BadRecord as exc:
-                log.warning("rejected record %s: %s", sequence_number, exc)
-                rejected.append({"itemIdentifier": sequence_number, "reason": str(exc)})
-                continue
-            ride_ids.append(ride_id)
-            rides.append(ride)
-            sequence_numbers.append(sequence_number)
-        # One model call for the whole batch: numpy pays its overhead once.
-        durations = self.model.predict(rides) if rides else []
-        predictions = [prediction_event(i, d, self.model.version) for i, d in zip(ride_ids, durations)]
-        failed = [r["itemIdentifier"] for r in rejected] if self.report_malformed else []
-        if self.writer is not None and predictions:
-            entries = [{"Data": json.dumps(p).encode(), "PartitionKey": str(i)} for p, i in zip(predictions, ride_ids)]
-            for failure in self.writer.put(entries).failed:
-                log.error(
-                    "undelivered prediction for record %s (ride_id %s): %s %s",
-                    sequence_numbers[failure.index],
-                    ride_ids[failure.index],
-                    failure.code,
-                    failure.message,
-                )
-                failed.append(sequence_numbers[failure.index])
-        order = {r.get("kinesis", {}).get("sequenceNumber"): n for n, r in enumerate(event.get("Records", []))}
-        failed.sort(key=order.__getitem__)
-        return {
-            "predictions": predictions,
-            "batchItemFailures": [{"itemIdentifier": s} for s in failed],
-            "rejected": rejected,
-        }
+        records = event.get("Records", [])
+        decoded, rejected = decode_records(records)
+        durations = self.model.predict([d.ride for d in decoded]) if decoded else []
+        predictions = [prediction_event(d.ride_id, x, self.model.version) for d, x in zip(decoded, durations)]
+        undelivered = deliver(self.writer, decoded, predictions) if self.writer is not None else []
+        return batch_response(records, predictions, rejected, undelivered, self.report_malformed)
 
 
-def service_from_env() -> PredictionService:
-    """The service as the Lambda's environment describes it (see the module docstring)."""
-    from ride_duration.models import load_compact
-
-    model = load_compact(model_location())
-    writer = None if is_test_run() else KinesisWriter(predictions_stream())
-    policy = os.environ.get("MALFORMED_RECORDS", "report").strip().lower()
-    if policy not in ("reject", "report"):
-        raise ValueError(f"MALFORMED_RECORDS must be report or reject, got {policy!r}")
-    return PredictionService(model, writer, report_malformed=policy == "report")
-
-
-# ---- streams, producer, reader -----------------------------------------------------------
+# ---- streams: created by the AWS set-up (streaming/setup_aws.py) and by the local loop -----
 def ensure_streams(names: Iterable[str] | None = None, client=None, shards: int = 1) -> list[str]:
     """Create the streams that do not exist yet and wait until all are ACTIVE; their ARNs."""
     client = client if client is not None else kinesis_client()
@@ -348,247 +379,3 @@ def ensure_streams(names: Iterable[str] | None = None, client=None, shards: int 
     for name in names:
         waiter.wait(StreamName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 120})
     return [client.describe_stream_summary(StreamName=n)["StreamDescriptionSummary"]["StreamARN"] for n in names]
-
-
-def put_ride_events(rides: list[dict], ride_ids: list, stream: str | None = None, client=None) -> DeliveryReport:
-    """The producer: one event per ride, partition key the ride id, PutRecords with retry."""
-    return KinesisWriter(stream or ride_events_stream(), client).put(ride_entries(rides, ride_ids))
-
-
-class ShardReader:
-    """Reads every shard of a stream from a position on, one GetRecords call per shard a step."""
-
-    def __init__(self, stream: str, client=None, position: str = "TRIM_HORIZON"):
-        self.stream = stream
-        self.client = client if client is not None else kinesis_client()
-        shards = self.client.list_shards(StreamName=stream)["Shards"]
-        self.iterators = {s["ShardId"]: self.iterator(s["ShardId"], position) for s in shards}
-
-    def iterator(self, shard_id: str, position: str, sequence_number: str | None = None) -> str:
-        extra = {"StartingSequenceNumber": sequence_number} if sequence_number else {}
-        return self.client.get_shard_iterator(
-            StreamName=self.stream, ShardId=shard_id, ShardIteratorType=position, **extra
-        )["ShardIterator"]
-
-    def read_all(self, expected: int | None = None, timeout: float = 30.0, limit: int = 1000) -> list[dict]:
-        """Every record until the stream is drained (or `expected` arrived, or timeout).
-
-        Drained means an empty read with MillisBehindLatest 0 on every shard: a real shard
-        may return nothing for a while before records it still holds.
-        """
-        records, deadline = [], time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got, behind = 0, 0
-            for shard_id, iterator in list(self.iterators.items()):
-                response = self.client.get_records(ShardIterator=iterator, Limit=limit)
-                self.iterators[shard_id] = response["NextShardIterator"]
-                records += response["Records"]
-                got += len(response["Records"])
-                behind += response.get("MillisBehindLatest", 0)
-            if expected is not None and len(records) >= expected:
-                break
-            if expected is None and not got and not behind:
-                break
-            if not got:
-                time.sleep(0.05)
-        return records
-
-
-def read_predictions(
-    stream: str | None = None,
-    client=None,
-    expected: int | None = None,
-    timeout: float = 30.0,
-    reader: ShardReader | None = None,
-) -> list[dict]:
-    """The prediction events on a stream (from its start, or from where `reader` stands)."""
-    reader = reader or ShardReader(stream or predictions_stream(), client)
-    return [json.loads(r["Data"]) for r in reader.read_all(expected=expected, timeout=timeout)]
-
-
-# ---- the local event-source mapping -------------------------------------------------------
-def kinesis_event(records: list[dict], shard_id: str, stream_arn: str, region: str, role_arn: str) -> dict:
-    """A Lambda Kinesis event, field for field, from GetRecords' records."""
-    return {
-        "Records": [
-            {
-                "kinesis": {
-                    "kinesisSchemaVersion": "1.0",
-                    "partitionKey": r["PartitionKey"],
-                    "sequenceNumber": r["SequenceNumber"],
-                    "data": base64.b64encode(r["Data"]).decode(),
-                    "approximateArrivalTimestamp": r["ApproximateArrivalTimestamp"].timestamp(),
-                },
-                "eventSource": "aws:kinesis",
-                "eventVersion": "1.0",
-                "eventID": f"{shard_id}:{r['SequenceNumber']}",
-                "eventName": "aws:kinesis:record",
-                "invokeIdentityArn": role_arn,
-                "awsRegion": region,
-                "eventSourceARN": stream_arn,
-            }
-            for r in records
-        ]
-    }
-
-
-class LocalEventSourceMapping:
-    """Drives a Lambda handler from a Kinesis stream in-process, as Lambda's mapping does.
-
-    Per shard: read up to `batch_size` records after the checkpoint, build the event, call
-    `handler(event, context)`. A full success moves the checkpoint past the batch. With
-    batchItemFailures the checkpoint moves to just before the lowest reported record and the
-    batch is read again from there; an exception, or an identifier that is not in the batch,
-    fails the whole batch. After `max_retries` retries of the same record the rest of the
-    batch is given up: described in `discarded` (like Lambda's on-failure destination) and
-    the checkpoint moves past it.
-    """
-
-    def __init__(
-        self,
-        handler: Callable,
-        stream: str | None = None,
-        client=None,
-        batch_size: int = 100,
-        max_retries: int = 2,
-        starting_position: str = "TRIM_HORIZON",
-        checkpoints: dict[str, str] | None = None,
-        role_arn: str | None = None,
-        context=None,
-    ):
-        self.handler, self.batch_size, self.max_retries, self.context = handler, batch_size, max_retries, context
-        self.reader = ShardReader(stream or ride_events_stream(), client, starting_position)
-        self.client, self.stream = self.reader.client, self.reader.stream
-        self.stream_arn = self.client.describe_stream_summary(StreamName=self.stream)["StreamDescriptionSummary"][
-            "StreamARN"
-        ]
-        account = self.stream_arn.split(":")[4]
-        self.role_arn = role_arn or f"arn:aws:iam::{account}:role/lambda-kinesis-role"
-        self.checkpoints = dict(checkpoints or {})  # shard id -> last sequence number done
-        for shard_id, sequence_number in self.checkpoints.items():
-            self.reader.iterators[shard_id] = self.reader.iterator(shard_id, "AFTER_SEQUENCE_NUMBER", sequence_number)
-        self.discarded: list[dict] = []
-        self.invocations = 0
-        self._retries: dict[str, tuple[str, int]] = {}  # shard id -> (record retried, retries so far)
-
-    def poll(self) -> int:
-        """One batch from every shard; the number of records handed to the handler."""
-        handled = 0
-        for shard_id, iterator in list(self.reader.iterators.items()):
-            response = self.client.get_records(ShardIterator=iterator, Limit=self.batch_size)
-            records = response["Records"]
-            self.reader.iterators[shard_id] = response["NextShardIterator"]
-            if records:
-                handled += len(records)
-                self._settle(shard_id, records, self._invoke(shard_id, records))
-        return handled
-
-    def run(self, timeout: float = 60.0) -> int:
-        """Poll until every shard is drained (or timeout); the number of invocations made."""
-        before, deadline = self.invocations, time.monotonic() + timeout
-        while time.monotonic() < deadline and self.poll():
-            pass
-        return self.invocations - before
-
-    def _invoke(self, shard_id: str, records: list[dict]) -> int | None:
-        """Position of the first record to retry, or None when the batch succeeded."""
-        event = kinesis_event(records, shard_id, self.stream_arn, self.client.meta.region_name, self.role_arn)
-        self.invocations += 1
-        try:
-            response = self.handler(event, self.context)
-        except Exception:
-            log.exception("handler failed on %d records of %s", len(records), shard_id)
-            return 0
-        failures = response.get("batchItemFailures") if isinstance(response, dict) else None
-        if not failures:
-            return None
-        positions = {r["SequenceNumber"]: n for n, r in enumerate(records)}
-        try:
-            return min(positions[f["itemIdentifier"]] for f in failures)
-        except (KeyError, TypeError):
-            log.error("batchItemFailures names records not in the batch: the whole batch failed")
-            return 0
-
-    def _settle(self, shard_id: str, records: list[dict], first_failed: int | None) -> None:
-        if first_failed is None:
-            self._done(shard_id, records[-1]["SequenceNumber"])
-            return
-        if first_failed:
-            self.checkpoints[shard_id] = records[first_failed - 1]["SequenceNumber"]
-        retried = records[first_failed]["SequenceNumber"]
-        previous, count = self._retries.get(shard_id, (None, 0))
-        count = count + 1 if previous == retried else 1
-        if count > self.max_retries:
-            self.discarded.append(
-                {
-                    "condition": "RetryAttemptsExhausted",
-                    "approximateInvokeCount": count,
-                    "shardId": shard_id,
-                    "streamArn": self.stream_arn,
-                    "batchSize": len(records) - first_failed,
-                    "startSequenceNumber": retried,
-                    "endSequenceNumber": records[-1]["SequenceNumber"],
-                }
-            )
-            log.error(
-                "gave up on %s records %s..%s after %d retries",
-                shard_id,
-                retried,
-                records[-1]["SequenceNumber"],
-                self.max_retries,
-            )
-            self._done(shard_id, records[-1]["SequenceNumber"])
-            return
-        self._retries[shard_id] = (retried, count)
-        self.reader.iterators[shard_id] = self.reader.iterator(shard_id, "AT_SEQUENCE_NUMBER", retried)
-
-    def _done(self, shard_id: str, sequence_number: str) -> None:
-        # The iterator GetRecords returned already stands after the batch.
-        self.checkpoints[shard_id] = sequence_number
-        self._retries.pop(shard_id, None)
-
-
-# ---- the whole loop, locally ----------------------------------------------------------------
-@dataclass
-class LoopResult:
-    sent: int
-    predictions: list[dict]
-    rejected: list[dict]
-    discarded: list[dict]
-    invocations: int
-    seconds: float
-
-
-def ride_entries(rides: list[dict], ride_ids: list) -> list[dict]:
-    """PutRecords entries for ride events, partition key the ride id."""
-    return [{"Data": encode_ride_event(r, i), "PartitionKey": str(i)} for r, i in zip(rides, ride_ids)]
-
-
-def run_loop(
-    handler: Callable, entries: list[dict], batch_size: int = 100, timeout: float = 120.0, client=None
-) -> LoopResult:
-    """Events in, predictions out, on the Kinesis that boto3 points at (the stand-in).
-
-    Creates the streams if needed, reads both from their current end (earlier runs' records
-    are left alone), puts the entries (`ride_entries(...)`, possibly mixed with malformed
-    ones) on the events stream, drives `handler` with a LocalEventSourceMapping until that
-    stream is drained, and reads the predictions back.
-    """
-    client = client if client is not None else kinesis_client()
-    ensure_streams([ride_events_stream(), predictions_stream()], client=client)
-    rejected = []
-
-    def collecting(event, context):
-        response = handler(event, context)
-        rejected.extend(response.get("rejected", []) if isinstance(response, dict) else [])
-        return response
-
-    mapping = LocalEventSourceMapping(collecting, ride_events_stream(), client, batch_size, starting_position="LATEST")
-    reader = ShardReader(predictions_stream(), client, position="LATEST")
-    started = time.perf_counter()
-    report = KinesisWriter(ride_events_stream(), client).put(entries)
-    mapping.run(timeout)
-    predictions = read_predictions(reader=reader)
-    return LoopResult(
-        report.sent, predictions, rejected, mapping.discarded, mapping.invocations, time.perf_counter() - started
-    )

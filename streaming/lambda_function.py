@@ -7,15 +7,17 @@ is logged, listed under "rejected" and returned in batchItemFailures (MALFORMED_
 [report], Lambda's contract); MALFORMED_RECORDS=reject keeps it out of batchItemFailures, so
 that Lambda never re-delivers the valid records behind it.
 
-The model is loaded here, at import: Lambda runs that once per container, in its init
-phase, and every invocation reuses it. Only numpy and boto3 are imported (no scikit-learn,
-pandas or MLflow), so the cold start stays well inside Lambda's defaults: see Performance in
-the repository's README.
+Only numpy and boto3 are imported (no scikit-learn, pandas or MLflow), so the cold start
+stays well inside Lambda's defaults: see Performance in the repository's README.
 """
 
-from ride_duration.streaming import service_from_env
+from ride_duration import streaming
+from ride_duration.models import load_model
 
-SERVICE = service_from_env()
+# At import, which Lambda runs once per container (its init phase): every invocation reuses them.
+settings = streaming.Settings.from_env()
+model = load_model(settings.model_spec)
+writer = None if settings.test_run else streaming.KinesisWriter(settings.predictions_stream)
 
 
 def lambda_handler(event, context):
@@ -26,4 +28,12 @@ def lambda_handler(event, context):
     batchItemFailures (ReportBatchItemFailures must be on in the event-source mapping): the
     undelivered predictions' records and, unless MALFORMED_RECORDS=reject, the malformed ones.
     """
-    return SERVICE.handle(event)
+    records = event.get("Records", [])
+    # A bad record is logged and set aside with its reason; the valid ones go on.
+    decoded, rejected = streaming.decode_records(records)
+    # One model call for the whole batch: numpy pays its overhead once.
+    durations = model.predict([d.ride for d in decoded]) if decoded else []
+    predictions = [streaming.prediction_event(d.ride_id, x, model.version) for d, x in zip(decoded, durations)]
+    # PutRecords with retries; what Kinesis still refuses goes back to Lambda to retry.
+    undelivered = streaming.deliver(writer, decoded, predictions) if writer else []
+    return streaming.batch_response(records, predictions, rejected, undelivered, settings.report_malformed)

@@ -2,7 +2,7 @@
 
     python streaming/run_local.py [--rides 1000] [--malformed 0.1] [--model models/lin_reg.npz]
 
-Starts the stand-ins if they are not up (python -m ride_duration.standins), creates the
+Starts the stand-ins if they are not up (python -m ride_duration.local.standins), creates the
 ride_events and ride_predictions streams, puts real TLC rides (and a share of malformed
 events) on ride_events, drives lambda_function.lambda_handler from the stream as Lambda's
 event-source mapping would, and reads the predictions back. Without --model it serves the
@@ -23,8 +23,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from ride_duration import standins, streaming
-from ride_duration.streaming_demo import registered_model_location, sample_rides
+from ride_duration.local import event_source, standins
+from ride_duration.local.streaming_demo import registered_model_location, sample_rides
 
 MALFORMED = [
     b"not json",
@@ -50,18 +50,18 @@ def main(argv=None) -> None:
     import lambda_function  # loads the model: the cold start
 
     rides, ride_ids = sample_rides(args.rides)
-    entries = streaming.ride_entries(rides, ride_ids)
+    entries = event_source.ride_entries(rides, ride_ids)
     bad = [
         {"Data": random.Random(n).choice(MALFORMED), "PartitionKey": f"bad-{n}"}
         for n in range(round(args.rides * args.malformed))
     ]
     for n, entry in enumerate(bad):  # scattered among the rides, the same way every run
         entries.insert(random.Random(-n).randrange(len(entries) + 1), entry)
-    result = streaming.run_loop(lambda_function.lambda_handler, entries)
+    result = event_source.run_loop(lambda_function.lambda_handler, entries)
 
     counts = Counter(p["prediction"]["ride_id"] for p in result.predictions)
     once = set(counts) == set(ride_ids) and max(counts.values(), default=0) <= 1
-    print(f"model {lambda_function.SERVICE.model.version} from {os.environ['MODEL_LOCATION']}")
+    print(f"model {lambda_function.model.version} from {os.environ['MODEL_LOCATION']}")
     print(
         f"{result.sent} events in, {len(result.predictions)} predictions out in {result.invocations} batches "
         f"({result.seconds:.1f} s); every ride once: {once}; "

@@ -25,8 +25,8 @@ import time
 
 import boto3
 
-from ride_duration import streaming
-from ride_duration.models import ModelNotFound, split_s3_url
+from ride_duration import config, streaming
+from ride_duration.models import ModelNotFound, spec_from_env, split_s3_url
 
 KINESIS_EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AWSLambdaKinesisExecutionRole"
 INLINE_POLICY_NAME = "ride-duration-stream-access"
@@ -65,13 +65,17 @@ def function_environment() -> dict[str, str]:
 
 
 def model_bucket() -> str:
-    location = streaming.model_location()
-    if not location.startswith("s3://"):
-        raise ModelNotFound(
-            f"the function can only read its model from S3, not {location}: set MODEL_LOCATION=s3://... "
-            "or RUN_ID and MLFLOW_EXPERIMENT_ID"
-        )
-    return split_s3_url(location)[0]
+    """The bucket the function reads its model from, for its role's policy."""
+    spec = spec_from_env(streaming.MODEL_SETTINGS)
+    if spec.startswith("s3://"):
+        return split_s3_url(spec)[0]
+    # The role may read objects, not list the bucket: the experiment must be given.
+    if os.environ.get("RUN_ID") and os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return config.model_bucket()
+    raise ModelNotFound(
+        f"the function can only read its model from S3, not {spec}: set MODEL_LOCATION=s3://... "
+        "or RUN_ID and MLFLOW_EXPERIMENT_ID"
+    )
 
 
 def access_policy(bucket: str, predictions_arn: str) -> dict:

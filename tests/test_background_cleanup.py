@@ -21,7 +21,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ride_duration.standins import group_members
+from ride_duration.local.standins import group_members
 
 REPO = Path(__file__).resolve().parent.parent
 WEB_SERVICE = REPO / "web-service"
@@ -31,8 +31,8 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 
 START_SERVICE = """\
 import json
-from ride_duration import background
-from ride_duration.standins import group_members
+from ride_duration.local import background
+from ride_duration.local.standins import group_members
 
 service = background.serve_in_background({web_service!r}, env={{"MODEL_PATH": {model!r}}})
 started = {{"pid": service.process.pid, "port": service.port, "group": group_members(service.process.pid)}}
@@ -106,7 +106,7 @@ def test_a_failing_lesson_under_nbclient_leaves_no_service(tmp_path, model_files
 
 PARENT = """\
 import sys, time
-from ride_duration import background
+from ride_duration.local import background
 
 if sys.argv[1] == "no-pdeathsig":  # as on macOS: only the atexit and SIGTERM handlers are left
     background._prctl = None
@@ -154,7 +154,7 @@ def test_a_service_started_from_another_thread_is_not_tied_to_it(model_files):
     """Linux's parent-death signal follows the starting thread: only the main thread asks for it."""
     import threading
 
-    from ride_duration.background import serve_in_background
+    from ride_duration.local.background import serve_in_background
 
     services = []
     starter = threading.Thread(
@@ -173,7 +173,7 @@ def test_the_sigterm_handler_is_installed_only_over_the_default():
     code = textwrap.dedent(
         """
         import signal
-        from ride_duration import background
+        from ride_duration.local import background
         own = lambda signum, frame: None
         signal.signal(signal.SIGTERM, own)
         background._stop_services_on_sigterm()

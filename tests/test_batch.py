@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ride_duration import batch, data
-from ride_duration.models import ModelNotFound
+from ride_duration.models import ModelNotFound, load_model
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_CHUNK = 20_000  # green 2021-02 (64,572 rows) in four chunks
@@ -148,20 +148,18 @@ def test_a_month_missing_a_required_column_fails_clearly(model_npz, february, tm
 def test_model_specs_are_routed_and_bad_ones_named(model_npz, tmp_path, monkeypatch):
     import types
 
-    import ride_duration
-
-    assert batch.resolve_model(str(model_npz)).version.startswith("lin_reg-")
-    with pytest.raises(ModelNotFound, match="no model at models/nothing.npz"):
-        batch.resolve_model("models/nothing.npz")
+    assert batch.compact_model(str(model_npz)).version.startswith("lin_reg-")
+    with pytest.raises(ModelNotFound, match="no model file at models/nothing.npz"):
+        batch.compact_model("models/nothing.npz")
     damaged = tmp_path / "damaged.npz"
     damaged.write_bytes(b"not a model")
     with pytest.raises(ModelNotFound, match="damaged.npz is not a readable model"):
-        batch.resolve_model(damaged)
-    # MLflow URIs and run ids go to ride_duration.registry (replaced here by a recorder).
-    asked = []
-    fake = types.SimpleNamespace(load_model=lambda spec: asked.append(spec) or batch.resolve_model(model_npz))
-    monkeypatch.setitem(sys.modules, "ride_duration.registry", fake)
-    monkeypatch.setattr(ride_duration, "registry", fake, raising=False)
+        batch.compact_model(damaged)
+    # Every spec goes to ride_duration.models.load_model (replaced here by a recorder, which
+    # answers like an MLflow model without a compact export: batch exports it to numpy).
+    asked, compact = [], load_model(model_npz)
+    mlflow_model = types.SimpleNamespace(version=compact.version, to_compact=lambda: compact)
+    monkeypatch.setattr(batch, "load_model", lambda spec: asked.append(spec) or mlflow_model)
     specs = [
         "models:/ride-duration@production",
         "models:/ride-duration/3",
@@ -170,8 +168,9 @@ def test_model_specs_are_routed_and_bad_ones_named(model_npz, tmp_path, monkeypa
         "c" * 32,
     ]
     for spec in specs:
-        batch.resolve_model(spec)
+        assert batch.compact_model(spec) is compact
     assert asked == specs
+    assert batch.compact_model(compact) is compact and len(asked) == len(specs)
 
 
 # ---- atomic writes ---------------------------------------------------------------------
@@ -243,7 +242,7 @@ def test_a_killed_run_leaves_no_file_and_a_rerun_completes(model_npz, output, tm
     finally:
         if job.poll() is None:
             job.kill()
-    final = Path(batch.output_location(output, "green", 2021, 2, batch.resolve_model(model_npz).version))
+    final = Path(batch.output_location(output, "green", 2021, 2, load_model(model_npz).version))
     left = files_under(output)
     assert not final.exists()
     # Only the hidden temporary file stays, which parquet readers skip.
@@ -335,7 +334,7 @@ def test_cli_errors_are_one_line_with_a_nonzero_exit(model_npz, output, tmp_path
     assert_one_line_error(
         capsys,
         score.main(["--taxi-type", "green", *month, "--model", "models/nope.npz"]),
-        "no model at models/nope.npz",
+        "no model file at models/nope.npz",
     )
     damaged = tmp_path / "damaged.npz"
     damaged.write_bytes(b"\x00" * 10)
@@ -474,7 +473,6 @@ def test_batch_requirements_are_pinned_as_in_the_lock():
 def test_a_model_from_s3_or_a_bare_run_id_scores_like_the_local_file(model_npz, bucket, output, tmp_path, monkeypatch):
     import boto3
 
-    pytest.importorskip("ride_duration.registry")
     run_id = "0123456789abcdef0123456789abcdef"
     s3 = boto3.client("s3")
     # Where an MLflow run keeps its compact export: <experiment>/<run id>/artifacts/compact/model.npz
@@ -486,7 +484,7 @@ def test_a_model_from_s3_or_a_bare_run_id_scores_like_the_local_file(model_npz, 
         result = batch.score_month("green", 2021, 2, spec, tmp_path / spec[-8:], progress=False)
         pd.testing.assert_frame_equal(pd.read_parquet(result.location), local)
     with pytest.raises(ModelNotFound, match="no run f+"):
-        batch.resolve_model("f" * 32)
+        load_model("f" * 32)
 
 
 def test_progress_shows_on_a_terminal_only(model_npz, output, monkeypatch):

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from ride_duration import batch
+from ride_duration.models import load_model
 
 REPO = Path(__file__).resolve().parent.parent
 SCORE_NOTEBOOK = REPO / "notebooks" / "score.ipynb"
@@ -48,6 +49,6 @@ def test_papermill_scores_the_month_it_is_given(model_files, trips, tmp_path, mo
     assert list(scored.columns) == list(batch.OUTPUT_COLUMNS)
     assert len(scored) == len(trips[1])
     assert scored["ride_id"].str.startswith("green/2021/02_").all()
-    assert written[0].stem == scored["model_version"].iloc[0] == batch.resolve_model(model_files[1]).version
+    assert written[0].stem == scored["model_version"].iloc[0] == load_model(model_files[1]).version
     printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
     assert f"{len(trips[1]):,} rides scored" in printed

@@ -27,7 +27,7 @@ def spark():
 
 @pytest.mark.timeout(240)
 def test_spark_output_equals_the_pandas_engine(spark, model_files, tmp_path):
-    model = batch.resolve_model(model_files[1])
+    model = batch.compact_model(model_files[1])
     on_pandas = batch.score_month("green", 2021, 2, model, tmp_path / "pandas", progress=False)
     on_spark = batch.score_month("green", 2021, 2, model, tmp_path / "spark", engine="spark", spark=spark)
 

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ride_duration import registry, standins
-from ride_duration.background import ServiceFailed, free_port, serve_in_background
-from ride_duration.models import ModelNotFound
+from ride_duration import registry
+from ride_duration.local import standins
+from ride_duration.local.background import ServiceFailed, free_port, serve_in_background
+from ride_duration.models import MlflowModel, ModelNotFound, ModelStoreUnavailable, load_model
 
 REPO = Path(__file__).resolve().parent.parent
 SERVICE_DIR = REPO / "web-service-mlflow"
@@ -83,7 +84,7 @@ def test_up_is_idempotent_and_writes_the_environment(stand_ins):
 
 
 def test_the_registered_model_loads_by_alias_with_the_pipelines_predictions(registered, rides):
-    model = registry.load_model(f"models:/{NAME}@production")
+    model = load_model(f"models:/{NAME}@production")
     assert model.version == registered.run_id
     np.testing.assert_allclose(model.predict(rides), registered.pipeline.predict(rides), rtol=0, atol=1e-9)
 
@@ -94,18 +95,20 @@ def test_every_mlflow_uri_of_the_model_loads_the_same_run(registered):
         f"models:/{registered.model_id}",
         f"runs:/{registered.run_id}/model",
     ):
-        assert registry.load_model(spec).version == registered.run_id, spec
+        assert load_model(spec).version == registered.run_id, spec
 
 
-def test_loading_through_the_registry_imports_neither_mlflow_nor_scikit_learn(registered):
-    """The serving path stays light: REST calls to the tracking server, then numpy and boto3."""
+def test_loading_through_the_registry_needs_mlflows_client_but_not_scikit_learn(registered):
+    """The serving path: MLflow's client resolves the alias, then numpy and boto3 read the
+    compact export. (The full mlflow of this environment imports pandas with itself;
+    web-service-mlflow's image has mlflow-skinny and no pandas.)"""
     code = (
-        "import sys; from ride_duration import registry; "
-        f"model = registry.load_model('models:/{NAME}@production'); "
-        "print(model.version, sorted(m for m in ('mlflow', 'sklearn', 'pandas') if m in sys.modules))"
+        "import sys; from ride_duration.models import load_model; "
+        f"model = load_model('models:/{NAME}@production'); "
+        "print(model.version, type(model).__name__, 'mlflow' in sys.modules, 'sklearn' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert result.stdout.split() == [registered.run_id, "[]"]
+    assert result.stdout.split() == [registered.run_id, "CompactModel", "True", "False"]
     assert result.stderr == ""
 
 
@@ -141,7 +144,7 @@ def test_ensure_registered_model_reuses_the_alias(registered):
     assert again.rmse == pytest.approx(registered.rmse)
 
 
-def test_a_model_without_compact_export_is_exported_on_load(registered, rides):
+def test_a_model_without_compact_export_is_served_by_mlflow_and_exported_for_batch(registered, rides):
     """A version registered by other means (e.g. from the UI) still serves."""
     import mlflow
     import mlflow.sklearn
@@ -155,9 +158,13 @@ def test_a_model_without_compact_export_is_exported_on_load(registered, rides):
         )
     mlflow.MlflowClient().create_registered_model("test-uploaded")
     mlflow.MlflowClient().create_model_version("test-uploaded", info.model_uri, run.info.run_id, model_id=info.model_id)
-    model = registry.load_model("models:/test-uploaded/1")
+    model = load_model("models:/test-uploaded/1")
+    assert isinstance(model, MlflowModel)
     assert model.version == run.info.run_id
     np.testing.assert_allclose(model.predict(rides), registered.pipeline.predict(rides), rtol=0, atol=1e-9)
+    compact = model.to_compact()
+    assert compact.version == run.info.run_id
+    np.testing.assert_allclose(compact.predict(rides), registered.pipeline.predict(rides), rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -173,7 +180,7 @@ def test_a_model_without_compact_export_is_exported_on_load(registered, rides):
 )
 def test_a_wrong_id_fails_with_a_message_naming_it(registered, spec, message):
     with pytest.raises(ModelNotFound, match=message):
-        registry.load_model(spec)
+        load_model(spec)
 
 
 def test_the_service_serves_the_registry_model(registered, rides):
@@ -195,12 +202,12 @@ def test_with_the_tracking_server_stopped_the_model_loads_from_s3(registered, ri
     assert not standins.group_members(mlflow_pid)
     assert standins.status()["mlflow"]["running"] is False and standins.status()["moto"]["running"]
     for spec in (registered.run_id, registered.model_id):
-        model = registry.load_model(spec)
+        model = load_model(spec)
         assert model.version == registered.run_id
         np.testing.assert_allclose(model.predict(rides), registered.pipeline.predict(rides), rtol=0, atol=1e-9)
     started = time.perf_counter()
-    with pytest.raises(registry.ModelStoreUnavailable, match="tracking server .* does not answer"):
-        registry.load_model(f"models:/{NAME}@production")
+    with pytest.raises(ModelStoreUnavailable, match="tracking server .* does not answer"):
+        load_model(f"models:/{NAME}@production")
     assert time.perf_counter() - started < 15
 
 

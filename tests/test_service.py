@@ -1,17 +1,44 @@
-"""The prediction app (ride_duration.service) through Flask's test client: answers and every
-class of bad input, each with its status and an error that names what is wrong."""
+"""The deployed routes (both predict.py files, imported as gunicorn does) through Flask's test
+client: answers and every class of bad input, each with its status and an error that names
+what is wrong. The checks and errors themselves live in ride_duration.service."""
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
 from ride_duration.compact import CompactModel
-from ride_duration.service import create_app
 
 RIDE = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40}
 MAX_RIDES, MAX_BYTES = 50, 4096
+REPO = Path(__file__).resolve().parent.parent
+# Each service folder and the variable its predict.py takes a model file from.
+MODEL_VARIABLE = {"web-service": "MODEL_PATH", "web-service-mlflow": "MODEL_URI"}
+MODEL_VARIABLES = ("MODEL_PATH", "MODEL_URI", "RUN_ID", "MODEL_ID")
+_fresh_names = itertools.count()
+
+
+def import_predict(folder: str, model_file: Path, **env: str):
+    """A fresh import of `folder`/predict.py serving `model_file`, with `env` set while it loads.
+
+    Its own module name each time, so that each import builds its own app and reads its own limits."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in MODEL_VARIABLES + ("MAX_RIDES_PER_REQUEST", "MAX_REQUEST_BYTES"):
+            patch.delenv(name, raising=False)
+        patch.setenv(MODEL_VARIABLE[folder], str(model_file))
+        for name, value in env.items():
+            patch.setenv(name, value)
+        name = f"deployed_predict_{next(_fresh_names)}"
+        spec = importlib.util.spec_from_file_location(name, REPO / folder / "predict.py")
+        module = importlib.util.module_from_spec(spec)
+        patch.setitem(sys.modules, name, module)  # as an import does, while the module runs
+        spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +47,32 @@ def compact(linear_pipeline):
 
 
 @pytest.fixture(scope="module")
-def client(compact):
-    app = create_app(compact, max_rides=MAX_RIDES, max_body_bytes=MAX_BYTES)
-    assert not app.debug
-    return app.test_client()
+def model_file(compact, tmp_path_factory):
+    return compact.save(tmp_path_factory.mktemp("service") / "lin_reg-test.npz")
+
+
+@pytest.fixture(scope="module", params=sorted(MODEL_VARIABLE))
+def folder(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def deployed(folder, model_file):
+    limits = {"MAX_RIDES_PER_REQUEST": str(MAX_RIDES), "MAX_REQUEST_BYTES": str(MAX_BYTES)}
+    return import_predict(folder, model_file, **limits)
+
+
+@pytest.fixture(scope="module")
+def client(deployed):
+    assert not deployed.app.debug
+    return deployed.app.test_client()
+
+
+def with_model(folder, model_file, monkeypatch, model):
+    """A test client of a fresh deployed app whose routes call `model`."""
+    module = import_predict(folder, model_file)
+    monkeypatch.setattr(module, "model", model)
+    return module.app.test_client()
 
 
 def post(client, body, **kwargs):
@@ -48,7 +97,7 @@ def test_a_list_answers_a_list_in_the_same_order(client, linear_pipeline, trips)
     assert {a["model_version"] for a in answers} == {"lin_reg-test"}
 
 
-def test_the_list_is_one_model_call(compact):
+def test_the_list_is_one_model_call(compact, folder, model_file, monkeypatch):
     calls = []
 
     class Counting:
@@ -58,7 +107,7 @@ def test_the_list_is_one_model_call(compact):
             calls.append(len(rides))
             return compact.predict(rides)
 
-    status, answers = post(create_app(Counting()).test_client(), [RIDE] * 7)
+    status, answers = post(with_model(folder, model_file, monkeypatch, Counting()), [RIDE] * 7)
     assert status == 200 and len(answers) == 7
     assert calls == [7]
 
@@ -169,22 +218,20 @@ def test_wrong_method_and_unknown_path_answer_json(client):
     assert response.status_code == 404 and "/predict/v2" in response.get_json()["error"]
 
 
-def test_a_failing_model_gets_a_json_500_not_a_traceback():
+def test_a_failing_model_gets_a_json_500_not_a_traceback(folder, model_file, monkeypatch):
     class Broken:
         version = "broken"
 
         def predict(self, rides):
             raise RuntimeError("secret internals")
 
-    response = create_app(Broken()).test_client().post("/predict", json=RIDE)
+    response = with_model(folder, model_file, monkeypatch, Broken()).post("/predict", json=RIDE)
     assert response.status_code == 500
     assert response.get_json() == {"error": "internal error: the service could not answer this request"}
 
 
-def test_limits_come_from_the_environment(compact, monkeypatch):
-    monkeypatch.setenv("MAX_RIDES_PER_REQUEST", "2")
-    monkeypatch.setenv("MAX_REQUEST_BYTES", "200")
-    client = create_app(compact).test_client()
+def test_limits_come_from_the_environment(folder, model_file):
+    client = import_predict(folder, model_file, MAX_RIDES_PER_REQUEST="2", MAX_REQUEST_BYTES="200").app.test_client()
     assert post(client, [RIDE] * 2)[0] == 200
     assert "at most 2" in post(client, [RIDE] * 3)[1]["error"]
     assert post(client, {**RIDE, "pad": "x" * 200})[0] == 413

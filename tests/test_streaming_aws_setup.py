@@ -146,6 +146,7 @@ def snapshot_streams(module, kinesis):
 
 
 def test_up_refuses_a_model_the_function_cannot_read(setup_aws, monkeypatch):
+    monkeypatch.delenv("RUN_ID")  # one model setting at a time
     monkeypatch.setenv("MODEL_LOCATION", "models/lin_reg.npz")
     with pytest.raises(setup_aws.ModelNotFound, match="S3"):
         setup_aws.up(IMAGE.format(tag="v1"))

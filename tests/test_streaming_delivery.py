@@ -11,6 +11,7 @@ from botocore.stub import Stubber
 from streaming_support import unique
 
 from ride_duration import streaming
+from ride_duration.local import event_source
 
 
 def _entries(n, size=40):
@@ -54,7 +55,7 @@ def test_partial_failures_are_retried_until_all_are_delivered_once(aws_endpoint)
     assert sorted(first_attempt, key=int) == [str(i) for i in range(1200)]  # 500 + 500 + 200
     assert [len(c) for c in flaky.calls[:3]] == [500, 500, 200]
     assert 250 < sum(len(c) for c in flaky.calls[3:]) < 470  # only the ~30% refused were sent again
-    delivered = [json.loads(r["Data"])["ride_id"] for r in streaming.ShardReader(stream).read_all(expected=1200)]
+    delivered = [json.loads(r["Data"])["ride_id"] for r in event_source.ShardReader(stream).read_all(expected=1200)]
     assert sorted(delivered) == list(range(1200))  # every entry, none twice
     assert delays and all(0 <= d <= writer.max_delay for d in delays)
 

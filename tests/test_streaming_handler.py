@@ -23,6 +23,7 @@ from streaming_support import (  # noqa: F401  (fixtures)
 )
 
 from ride_duration import streaming
+from ride_duration.local import event_source
 
 
 def test_course_test_event_holds_the_course_ride():
@@ -50,9 +51,10 @@ def test_model_location_from_an_mlflow_run(monkeypatch, aws_endpoint, compact_li
     bucket = unique("mlflow")
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket=bucket)
-    s3.put_object(Bucket=bucket, Key="7/0123abcd/artifacts/compact/model.npz", Body=compact_linear.to_bytes())
-    module = load_lambda(monkeypatch, RUN_ID="0123abcd", MLFLOW_EXPERIMENT_ID="7", MODEL_BUCKET=bucket, TEST_RUN="1")
-    assert module.SERVICE.model.version == compact_linear.version
+    run_id = "0123abcd" * 4  # an MLflow run id: 32 hex digits
+    s3.put_object(Bucket=bucket, Key=f"7/{run_id}/artifacts/compact/model.npz", Body=compact_linear.to_bytes())
+    module = load_lambda(monkeypatch, RUN_ID=run_id, MLFLOW_EXPERIMENT_ID="7", MODEL_BUCKET=bucket, TEST_RUN="1")
+    assert module.model.version == compact_linear.version
 
 
 def test_no_model_configured_says_what_to_set(monkeypatch):
@@ -68,7 +70,7 @@ def _stream(name):
 
 
 def _written(name):
-    return streaming.read_predictions(name)
+    return event_source.read_predictions(name)
 
 
 def test_predictions_are_written_unless_test_run(monkeypatch, aws_endpoint, model_npz):
@@ -139,24 +141,27 @@ class FailingFor:
 
 
 @pytest.mark.parametrize(
-    "report_malformed, expected", [(True, ["002", "009", "004"]), (False, ["002", "004"])], ids=["default", "reject"]
+    "policy, expected", [(None, ["002", "009", "004"]), ("reject", ["002", "004"])], ids=["default", "reject"]
 )
-def test_undelivered_predictions_are_reported_for_lambda_to_retry(compact_linear, caplog, report_malformed, expected):
+def test_undelivered_predictions_are_reported_for_lambda_to_retry(monkeypatch, model_npz, caplog, policy, expected):
     """Under either malformed-record policy; the bad record 009 too by default, in batch order."""
+    env = {} if policy is None else {"MALFORMED_RECORDS": policy}
+    lam = load_lambda(monkeypatch, MODEL_LOCATION=model_npz, **env)
     client = FailingFor(refused=[2, 4])
+    # The handler's writer, on a client that refuses rides 2 and 4 on every attempt.
     writer = streaming.KinesisWriter("predictions", client=client, max_attempts=3, sleep=lambda s: None)
-    service = streaming.PredictionService(compact_linear, writer, report_malformed=report_malformed)
+    monkeypatch.setattr(lam, "writer", writer)
     rides = [ride_record(COURSE_RIDE, ride_id, f"{ride_id:03d}") for ride_id in range(1, 6)]
     event = {"Records": rides[:2] + [record("bad", "009")] + rides[2:]}
     with caplog.at_level(logging.ERROR, logger="ride_duration.streaming"):
-        result = service.handle(event)
+        result = lam.lambda_handler(event, None)
     assert [f["itemIdentifier"] for f in result["batchItemFailures"]] == expected
     assert sorted(p["prediction"]["ride_id"] for p in client.written) == [1, 3, 5]
     assert len(result["predictions"]) == 5
     assert sum("undelivered" in m for m in caplog.messages) == 2
 
 
-def test_one_model_call_per_batch(compact_linear):
+def test_one_model_call_per_batch(monkeypatch, model_npz, compact_linear):
     calls = []
 
     class CountingModel:
@@ -166,8 +171,19 @@ def test_one_model_call_per_batch(compact_linear):
             calls.append(len(rides))
             return compact_linear.predict(rides)
 
+    lam = load_lambda(monkeypatch, MODEL_LOCATION=model_npz, TEST_RUN="True")
+    monkeypatch.setattr(lam, "model", CountingModel())
     event = {"Records": [ride_record(COURSE_RIDE, i, str(i)) for i in range(50)] + [record("x", "99")]}
-    result = streaming.PredictionService(CountingModel()).handle(event)
+    result = lam.lambda_handler(event, None)
     assert calls == [50] and len(result["predictions"]) == 50
-    assert streaming.PredictionService(CountingModel()).handle({"Records": [record("x", "1")]})["predictions"] == []
+    assert lam.lambda_handler({"Records": [record("x", "1")]}, None)["predictions"] == []
     assert calls == [50]
+
+
+@pytest.mark.parametrize("policy", ["report", "reject"])
+def test_prediction_service_runs_the_handlers_steps(monkeypatch, model_npz, compact_linear, policy):
+    """PredictionService (benchmarks, the demo) answers as the deployed handler does."""
+    lam = load_lambda(monkeypatch, MODEL_LOCATION=model_npz, TEST_RUN="True", MALFORMED_RECORDS=policy)
+    service = streaming.PredictionService(compact_linear, report_malformed=policy == "report")
+    event, _, _ = _mixed_event()
+    assert service.handle(event) == lam.lambda_handler(event, None)

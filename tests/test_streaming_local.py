@@ -13,6 +13,7 @@ import pytest
 from streaming_support import MALFORMED, TEST_EVENT, compact_linear, load_lambda, model_on_s3, unique  # noqa: F401
 
 from ride_duration import streaming
+from ride_duration.local import event_source
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def events_stream(aws_endpoint):
     stream = unique("events")
     streaming.ensure_streams([stream])
     rides = [{"PULocationID": 1 + i, "DOLocationID": 2 + i, "trip_distance": 1.0 + i} for i in range(25)]
-    assert streaming.put_ride_events(rides, list(range(25)), stream).failed == []
+    assert event_source.put_ride_events(rides, list(range(25)), stream).failed == []
     return stream
 
 
@@ -46,7 +47,7 @@ class Handler:
 
 def test_batches_are_built_like_lambdas_event(events_stream):
     handler = Handler()
-    mapping = streaming.LocalEventSourceMapping(handler, events_stream, batch_size=10)
+    mapping = event_source.LocalEventSourceMapping(handler, events_stream, batch_size=10)
     assert mapping.run(timeout=30) == 3
     assert handler.seen == Counter(range(25))
     assert [len(e["Records"]) for e in handler.events] == [10, 10, 5]
@@ -61,7 +62,7 @@ def test_batches_are_built_like_lambdas_event(events_stream):
 
 def test_a_partial_failure_is_retried_from_the_first_failed_record(events_stream):
     handler = Handler(fail=lambda ride_id, seen: ride_id in (3, 7) and seen == 1)
-    mapping = streaming.LocalEventSourceMapping(handler, events_stream, batch_size=10)
+    mapping = event_source.LocalEventSourceMapping(handler, events_stream, batch_size=10)
     mapping.run(timeout=30)
     first_retry = [json.loads(base64.b64decode(r["kinesis"]["data"]))["ride_id"] for r in handler.events[1]["Records"]]
     assert first_retry == list(range(3, 13))
@@ -71,7 +72,7 @@ def test_a_partial_failure_is_retried_from_the_first_failed_record(events_stream
 
 def test_a_record_that_keeps_failing_is_given_up_after_the_retries(events_stream):
     handler = Handler(fail=lambda ride_id, seen: ride_id == 5)
-    mapping = streaming.LocalEventSourceMapping(handler, events_stream, batch_size=10, max_retries=2)
+    mapping = event_source.LocalEventSourceMapping(handler, events_stream, batch_size=10, max_retries=2)
     mapping.run(timeout=30)
     assert handler.seen[5] == 3  # the first attempt and two retries
     (gave_up,) = mapping.discarded
@@ -83,17 +84,17 @@ def test_a_record_that_keeps_failing_is_given_up_after_the_retries(events_stream
 def test_an_exception_fails_the_whole_batch(events_stream, caplog):
     handler = Handler(raise_first=True)
     with caplog.at_level(logging.ERROR, logger="ride_duration.streaming"):
-        streaming.LocalEventSourceMapping(handler, events_stream, batch_size=10).run(timeout=30)
+        event_source.LocalEventSourceMapping(handler, events_stream, batch_size=10).run(timeout=30)
     assert handler.seen == Counter(range(25))  # the first batch was read again, all of it
     assert len(handler.events) == 4 and "handler failed" in caplog.text
 
 
 def test_a_mapping_resumes_from_its_checkpoint(events_stream):
-    first = streaming.LocalEventSourceMapping(Handler(), events_stream, batch_size=10)
+    first = event_source.LocalEventSourceMapping(Handler(), events_stream, batch_size=10)
     first.run(timeout=30)
-    streaming.put_ride_events([{"PULocationID": 1, "DOLocationID": 2, "trip_distance": 3.0}], [99], events_stream)
+    event_source.put_ride_events([{"PULocationID": 1, "DOLocationID": 2, "trip_distance": 3.0}], [99], events_stream)
     handler = Handler()
-    streaming.LocalEventSourceMapping(handler, events_stream, checkpoints=first.checkpoints).run(timeout=30)
+    event_source.LocalEventSourceMapping(handler, events_stream, checkpoints=first.checkpoints).run(timeout=30)
     assert handler.seen == Counter([99])
 
 
@@ -129,9 +130,9 @@ def test_end_to_end_ten_thousand_events_one_prediction_per_valid_ride(monkeypatc
         rejected.extend(response["rejected"])
         return response
 
-    mapping = streaming.LocalEventSourceMapping(handler, events, batch_size=100)
+    mapping = event_source.LocalEventSourceMapping(handler, events, batch_size=100)
     mapping.run(timeout=90)
-    written = streaming.read_predictions(predictions, expected=9_000)
+    written = event_source.read_predictions(predictions, expected=9_000)
     elapsed = time.monotonic() - started
 
     counts = Counter(p["prediction"]["ride_id"] for p in written)
@@ -155,9 +156,9 @@ def test_reporting_malformed_records_makes_lambda_predict_the_rest_again(monkeyp
     entries = [{"Data": streaming.encode_ride_event(ride, i), "PartitionKey": str(i)} for i in range(20)]
     entries.insert(10, {"Data": b"not json", "PartitionKey": "bad"})
     streaming.KinesisWriter(events).put(entries)
-    mapping = streaming.LocalEventSourceMapping(lam.lambda_handler, events, batch_size=100, max_retries=2)
+    mapping = event_source.LocalEventSourceMapping(lam.lambda_handler, events, batch_size=100, max_retries=2)
     mapping.run(timeout=30)
-    counts = Counter(p["prediction"]["ride_id"] for p in streaming.read_predictions(predictions))
+    counts = Counter(p["prediction"]["ride_id"] for p in event_source.read_predictions(predictions))
     assert set(counts) == set(range(20))  # nothing lost
     assert all(counts[i] == 1 for i in range(10)) and all(counts[i] == 3 for i in range(10, 20))
     (gave_up,) = mapping.discarded

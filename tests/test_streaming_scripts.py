@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from streaming_support import REPO, TEST_EVENT, compact_linear, load_lambda, model_npz, unique  # noqa: F401
 
-from ride_duration import streaming
+from ride_duration.local import event_source
 
 INVOCATIONS = "/2015-03-31/functions/function/invocations"
 
@@ -75,10 +75,10 @@ def test_run_loop_puts_drives_and_reads_back(monkeypatch, aws_endpoint, model_np
     # reject: the bad record must not make the mapping re-deliver (and re-predict) the rides behind it.
     handler = load_lambda(monkeypatch, MODEL_LOCATION=model_npz, MALFORMED_RECORDS="reject").lambda_handler
     rides = [{"PULocationID": 1 + i % 265, "DOLocationID": 2, "trip_distance": 1.5} for i in range(250)]
-    entries = streaming.ride_entries(rides, list(range(250)))
+    entries = event_source.ride_entries(rides, list(range(250)))
     entries[100:100] = [{"Data": b"{}", "PartitionKey": "bad"}]
-    first = streaming.run_loop(handler, entries, batch_size=50)
-    second = streaming.run_loop(handler, streaming.ride_entries(rides[:10], list(range(1000, 1010))))
+    first = event_source.run_loop(handler, entries, batch_size=50)
+    second = event_source.run_loop(handler, event_source.ride_entries(rides[:10], list(range(1000, 1010))))
     assert first.sent == 251 and first.invocations == 6 and len(first.rejected) == 1
     assert Counter(p["prediction"]["ride_id"] for p in first.predictions) == Counter(range(250))
     # A second run reads only its own events and predictions, not the first run's.

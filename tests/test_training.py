@@ -59,10 +59,14 @@ def test_forest_walk_follows_scikit_learns_rule_at_every_split(one_hot_threshold
     value = np.array([0.0, 0.0, 30.0, 10.0, 20.0])
     compact = CompactModel(
         {
+            "format": np.array(2),
             "version": np.array("hand-made"),
             "kind": np.array("forest"),
-            "vocabulary": np.array(["1_2", ""]),
-            "distance_feature": np.array(1),
+            # column 0: PU_DO=1_2 (one-hot), column 1: trip_distance
+            "feature_names": np.array(["PU_DO", "trip_distance"]),
+            "column_feature": np.array([0, 1]),
+            "column_category": np.array(["1_2", ""]),
+            "column_is_category": np.array([True, False]),
             "feature": feature,
             "threshold": threshold,
             "left": left,

@@ -14,8 +14,9 @@ import sys
 from pathlib import Path, PurePosixPath
 
 import pytest
+from docker_support import ignore_patterns, is_ignored
 
-from ride_duration.background import serve_in_background
+from ride_duration.local.background import serve_in_background
 
 REPO = Path(__file__).resolve().parent.parent
 WEB_SERVICE = REPO / "web-service"
@@ -64,13 +65,16 @@ def image_install_steps(dockerfile: Path, image_root: Path) -> list[tuple[list[s
     def copy(sources: list[str], target: PurePosixPath, into_folder: bool) -> None:
         for source in map(REPO.joinpath, sources):
             if source.is_dir():  # Docker copies a folder's contents, .dockerignore'd ones aside
-                ignored = shutil.ignore_patterns("__pycache__", "*.egg-info")
-                shutil.copytree(source, in_image(target), ignore=ignored, dirs_exist_ok=True)
+                shutil.copytree(source, in_image(target), ignore=dockerignored, dirs_exist_ok=True)
             else:
                 destination = in_image(target / source.name if into_folder else target)
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(source, destination)
 
+    def dockerignored(folder: str, names: list[str]) -> list[str]:
+        return [name for name in names if is_ignored((Path(folder) / name).relative_to(REPO).as_posix(), patterns)]
+
+    patterns = ignore_patterns()
     steps, copies, workdir = [], [], PurePosixPath("/")
     for name, args in instructions(dockerfile):
         if name == "WORKDIR":
@@ -183,7 +187,8 @@ def test_the_install_steps_are_what_the_dockerfile_says(tmp_path):
         (["--no-deps", str(root / "pkg")], root / "srv"),
     ]
     assert (root / "deps" / "requirements.txt").read_text() == (WEB_SERVICE / "requirements.txt").read_text()
-    assert (root / "pkg" / "ride_duration" / "background.py").is_file()
+    assert (root / "pkg" / "ride_duration" / "service.py").is_file()
+    assert not (root / "pkg" / "ride_duration" / "local").exists()  # .dockerignore: lesson tooling
 
 
 @pytest.mark.timeout(300)

@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from ride_duration.background import ServiceFailed, serve_in_background
 from ride_duration.compact import CompactModel
 from ride_duration.healthcheck import probe
-from ride_duration.loadgen import run_load
+from ride_duration.local.background import ServiceFailed, serve_in_background
+from ride_duration.local.loadgen import run_load
 from ride_duration.service import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RIDES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -358,7 +358,7 @@ def test_stopping_leaves_no_process(npz):
 
 
 def test_demo_prints_a_line_per_ride_and_the_bad_rides_error(npz):
-    from ride_duration.webservice import SAMPLE_RIDES, demo
+    from ride_duration.local.webservice import SAMPLE_RIDES, demo
 
     lines = demo(npz)
     assert len(lines) == len(SAMPLE_RIDES) + 1

@@ -15,8 +15,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from ride_duration import registry, standins
-from ride_duration.models import ModelNotFound
+from ride_duration.local import standins
+from ride_duration.models import ModelNotFound, load_model, parse_mlflow_uri
 
 REPO = Path(__file__).resolve().parent.parent
 FOLDER = REPO / "web-service-mlflow"
@@ -118,7 +118,7 @@ def test_the_readmes_docker_commands_fit_the_dockerfile_and_the_service():
     ],
 )
 def test_mlflow_uris_are_understood(spec, parsed):
-    assert registry._parse_uri(spec) == parsed
+    assert parse_mlflow_uri(spec) == parsed
 
 
 @pytest.mark.parametrize(
@@ -130,14 +130,14 @@ def test_mlflow_uris_are_understood(spec, parsed):
         "models:/name",
         "models:/name@",
         "runs:/x/model",
-        "s3://bucket/key.npz",
+        "s3://bucket-without-key",
         "m-123",
         "a" * 31,
     ],
 )
 def test_a_malformed_spec_is_refused_with_the_accepted_forms(spec):
     with pytest.raises(ModelNotFound, match="is not a model location: use models:/NAME@ALIAS"):
-        registry.load_model(spec)
+        load_model(spec)
 
 
 def test_the_cli_prints_the_environment_for_the_configured_ports(tmp_path):
@@ -149,7 +149,7 @@ def test_the_cli_prints_the_environment_for_the_configured_ports(tmp_path):
         "MODEL_BUCKET": "some-bucket",
     }
     result = subprocess.run(
-        [sys.executable, "-m", "ride_duration.standins", "env"],
+        [sys.executable, "-m", "ride_duration.local.standins", "env"],
         env=env,
         capture_output=True,
         text=True,

@@ -28,14 +28,16 @@ def registered_model_location() -> str:
 
 def demo(n_rides: int = 300) -> str:
     """Stream `n_rides` real rides through the handler on the stand-ins; returns a one-line summary."""
-    from ride_duration import standins, streaming
+    from ride_duration import streaming
+    from ride_duration.local import event_source, standins
     from ride_duration.models import load_compact
 
     standins.ensure()
     model = load_compact(registered_model_location())
     service = streaming.PredictionService(model, streaming.KinesisWriter(streaming.predictions_stream()))
     rides, ride_ids = sample_rides(n_rides)
-    result = streaming.run_loop(lambda event, context: service.handle(event), streaming.ride_entries(rides, ride_ids))
+    entries = event_source.ride_entries(rides, ride_ids)
+    result = event_source.run_loop(lambda event, context: service.handle(event), entries)
     by_id = {p["prediction"]["ride_id"]: p["prediction"]["ride_duration"] for p in result.predictions}
     examples = ", ".join(f"{i}: {by_id[i]:.1f} min" for i in ride_ids[:3] if i in by_id)
     return (

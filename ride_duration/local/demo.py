@@ -1,4 +1,4 @@
-"""The whole walkthrough, end to end: `make demo` (python -m ride_duration.demo).
+"""The whole walkthrough, end to end: `make demo` (python -m ride_duration.local.demo).
 
 Train the baseline, serve it, start the stand-ins, train and register the random forest,
 serve it from the registry, stream rides through the Lambda handler, score a month in
@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ride_duration import config
-from ride_duration.webservice import SAMPLE_RIDES, post
+from ride_duration.local.webservice import SAMPLE_RIDES, post
 
 REPO = config.REPO_ROOT
 summary: list[tuple[str, str, float]] = []
@@ -38,7 +38,8 @@ def rides_line(answers) -> str:
 
 
 def main() -> None:
-    from ride_duration import background, batch, registry, standins, streaming_demo, train
+    from ride_duration import batch, registry, train
+    from ride_duration.local import background, standins, streaming_demo
 
     started = time.perf_counter()
     with stage("1 train baseline") as s:

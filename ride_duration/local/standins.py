@@ -1,11 +1,11 @@
 """Local stand-ins for AWS and MLflow, started, checked and stopped with one command.
 
-    python -m ride_duration.standins up [--no-mlflow] | down | status | env
+    python -m ride_duration.local.standins up [--no-mlflow] | down | status | env
 
 `up` starts moto's server (S3, Kinesis, IAM and Lambda on one loopback port) and an MLflow
 tracking server (sqlite backend store, default artifact root on the stand-in S3), waits until
 both answer, creates the model bucket and writes the environment a shell or a notebook needs
-to <STANDINS_DIR>/env (`source .standins/env`, or `eval "$(python -m ride_duration.standins env)"`).
+to <STANDINS_DIR>/env (`source .standins/env`, or `eval "$(python -m ride_duration.local.standins env)"`).
 It is safe to call twice: what already runs is reused. `down` stops each server's whole
 process group and checks that no process of it is left.
 
@@ -369,7 +369,9 @@ def _create_bucket(s: Settings) -> None:
 
 # ---- command line ------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ride_duration.standins", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m ride_duration.local.standins", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("command", choices=["up", "down", "status", "env"])
     parser.add_argument("--no-mlflow", action="store_true", help="up: start moto only")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """Execute notebooks in place, top to bottom in a fresh kernel, to refresh their outputs.
 
-    python -m ride_duration.notebooks refresh [notebooks/NN-name.ipynb ...]   (default: all)
+    python -m ride_duration.local.notebooks refresh [notebooks/NN-name.ipynb ...]   (default: all)
 
 CI then checks that running them again reproduces what is committed (nbval).
 """

@@ -1,6 +1,6 @@
 """Demo of the web service: serve the trained model, ask it a few rides, stop it.
 
-    python -m ride_duration.webservice [MODEL_PATH]    [models/lin_reg.npz]
+    python -m ride_duration.local.webservice [MODEL_PATH]    [models/lin_reg.npz]
 
 Prints one short line per ride, and one for a bad ride (the service's 400 and its error).
 """
@@ -13,8 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ride_duration.background import serve_in_background
 from ride_duration.config import REPO_ROOT, models_dir
+from ride_duration.local.background import serve_in_background
 from ride_duration.models import ModelNotFound
 
 WEB_SERVICE = REPO_ROOT / "web-service"

@@ -19,7 +19,7 @@ cell fails must not leave gunicorn holding a port):
   its workers (a worker whose master died stops within a second as well). macOS has no
   pdeathsig, and Linux ties it to the starting thread (so it is set from the main thread
   only): elsewhere only atexit and the SIGTERM handler hold.
-The stand-ins (ride_duration.standins) are meant to outlive a notebook and do none of this.
+The stand-ins (ride_duration.local.standins) are meant to outlive a notebook and do none of this.
 """
 
 from __future__ import annotations
