@@ -111,12 +111,18 @@ class Categories:
         return values if dtype is None else values.astype(dtype)
 
 
+FEW_RIDES = 100  # up to here plain Python is faster than sorting with numpy
+
+
 def category_keys(*columns, separator: str = "_") -> Categories:
     """A categorical feature joining integer columns, one key per ride: (130, 205) -> "130_205"."""
     columns = [np.asarray(column, dtype=np.int64) for column in columns]
     rows = len(columns[0])
-    if not rows:
-        return Categories(np.empty(0, dtype=np.intp), np.empty(0, dtype=object))
+    if rows <= FEW_RIDES:  # a web request or a Kinesis batch: numpy's per-call costs would dominate
+        positions: dict[tuple, int] = {}
+        codes = [positions.setdefault(combination, len(positions)) for combination in zip(*map(list, columns))]
+        labels = np.array([separator.join(map(str, combination)) for combination in positions], dtype=object)
+        return Categories(np.array(codes, dtype=np.intp), labels)
     # One int64 per combination (mixed radix over each column's range), so np.unique sorts numbers.
     lows = [int(column.min()) for column in columns]
     spans = [int(column.max()) - low + 1 for column, low in zip(columns, lows)]

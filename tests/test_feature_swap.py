@@ -57,6 +57,8 @@ def test_a_swapped_feature_definition_serves_as_scikit_learn_predicts(monkeypatc
     np.testing.assert_allclose(compact.predict_frame(valid), expected, rtol=0, atol=1e-9)
     rides = valid[list(features.RIDE_FIELDS)].to_dict("records")
     np.testing.assert_allclose(compact.predict(rides), expected, rtol=0, atol=1e-9)
+    few = features.FEW_RIDES  # a request's few rides take a path of their own
+    np.testing.assert_allclose(compact.predict(rides[:few]), expected[:few], rtol=0, atol=1e-9)
     unseen = [{"PULocationID": 1, "DOLocationID": 1, "trip_distance": 0.0}, {**RIDE, "PULocationID": 264}]
     np.testing.assert_allclose(compact.predict(unseen), pipeline.predict(unseen), rtol=0, atol=1e-9)
 
