@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ride_duration import config, data
+from ride_duration import aws, config, data
 from ride_duration.compact import CompactModel
 from ride_duration.features import RIDE_FIELDS
 from ride_duration.models import ModelNotFound, load_model, split_s3_url
@@ -108,12 +108,11 @@ def output_location(root: str | Path, taxi_type: str, year: int, month: int, mod
 def exists(location: str) -> bool:
     if not location.startswith("s3://"):
         return Path(location).is_file()
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = split_s3_url(location)
     try:
-        boto3.client("s3").head_object(Bucket=bucket, Key=key)
+        aws.client("s3").head_object(Bucket=bucket, Key=key)
         return True
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
@@ -152,13 +151,12 @@ def write_parquet_atomic(tables: Iterable, location: str) -> None:
 
 
 def _upload(path: str, location: str) -> None:
-    import boto3
     from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = split_s3_url(location)
     try:
-        boto3.client("s3").upload_file(path, bucket, key)
+        aws.client("s3").upload_file(path, bucket, key)
     except ClientError as exc:
         raise BatchError(f"cannot write {location}: {_client_error(exc)}") from None
     except BotoCoreError as exc:  # no endpoint, no credentials

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ride_duration import config
+from ride_duration import aws, config
 from ride_duration.compact import CompactModel, file_version
 
 if TYPE_CHECKING:
@@ -139,12 +139,11 @@ def split_s3_url(url: str) -> tuple[str, str]:
 
 
 def read_s3(url: str) -> bytes:
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = split_s3_url(url)
     try:
-        return boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+        return aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         raise ModelNotFound(f"no model at {url} ({code or exc})") from None
@@ -200,11 +199,10 @@ def _experiment_ids_in(bucket: str) -> list[str]:
     """MLFLOW_EXPERIMENT_ID if set, else the experiment folders at the top of the bucket."""
     if os.environ.get("MLFLOW_EXPERIMENT_ID"):
         return [os.environ["MLFLOW_EXPERIMENT_ID"]]
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Delimiter="/")
+        pages = aws.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Delimiter="/")
         prefixes = [p["Prefix"].rstrip("/") for page in pages for p in page.get("CommonPrefixes", [])]
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")

@@ -94,14 +94,11 @@ def is_test_run() -> bool:
 
 
 def kinesis_client():
-    """A Kinesis client that gives up on a dead endpoint in seconds, not minutes."""
-    import boto3
-    from botocore.config import Config
+    """A Kinesis client with the package's deadlines (ride_duration.aws)."""
+    from ride_duration import aws
 
     # One botocore retry per call at most: KinesisWriter does its own, per entry, with backoff.
-    return boto3.client(
-        "kinesis", config=Config(connect_timeout=3, read_timeout=5, retries={"mode": "standard", "max_attempts": 2})
-    )
+    return aws.client("kinesis", max_attempts=2)
 
 
 # ---- records ------------------------------------------------------------------------
