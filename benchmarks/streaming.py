@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from ride_duration import streaming  # noqa: E402
 from ride_duration.config import models_dir  # noqa: E402
+from ride_duration.local import streaming_demo  # noqa: E402
 
 BUCKET = "ride-duration-bench"
 # Peak memory is the process's own high-water mark (VmHWM): ru_maxrss would also count the
@@ -118,27 +119,6 @@ def cold_starts(location: str, env: dict[str, str], times: int) -> list[dict]:
 
 
 # ---- throughput -----------------------------------------------------------------------------
-def sample_rides(count: int) -> list[dict]:
-    """Real rides from green 2021-02 when the TLC files are at hand, else made-up valid ones."""
-    try:
-        from ride_duration.data import read_trips
-
-        frame = read_trips("green", 2021, 2)[0].head(count)
-        return frame[["PULocationID", "DOLocationID", "trip_distance"]].to_dict("records")
-    except Exception:  # no data here: the throughput does not depend on which rides
-        import random
-
-        generator = random.Random(0)
-        return [
-            {
-                "PULocationID": generator.randint(1, 265),
-                "DOLocationID": generator.randint(1, 265),
-                "trip_distance": round(generator.uniform(0.1, 20), 2),
-            }
-            for _ in range(count)
-        ]
-
-
 def events(rides: list[dict], batch_size: int) -> list[dict]:
     records = [
         {
@@ -184,10 +164,12 @@ def records_per_second(handler, batches: list[dict]) -> float:
 def throughput(location: str, rides: list[dict], naive_rides: int, repeats: int) -> dict:
     """Median records/s of each handler over `repeats` interleaved rounds (the machine's load
     drifts; interleaving lets every handler see the same drift). Each measurement writes to a
-    fresh stream: moto's PutRecords slows down as a shard fills up."""
-    from ride_duration.models import load_compact
+    fresh stream: moto's PutRecords slows down as a shard fills up.
 
-    model = load_compact(location)
+    The batched handlers are the Lambda's own steps (lambda_function.handle) with a writer
+    of the benchmark's; the rides are all valid, so the dead-letter queue is never called."""
+    os.environ.update(MODEL_LOCATION=location, TEST_RUN="True")
+    lam = streaming_demo.import_lambda_function()
     client = streaming.kinesis_client()
 
     def fresh_stream(label: str) -> str:
@@ -195,27 +177,20 @@ def throughput(location: str, rides: list[dict], naive_rides: int, repeats: int)
         streaming.ensure_streams([name], client=client)
         return name
 
-    dry = streaming.PredictionService(model)
+    def batched(writer):
+        return lambda event, context: lam.handle(event, lam.model, writer, None)
+
     measurements = {
-        "batched_100": lambda: (
-            streaming.PredictionService(model, streaming.KinesisWriter(fresh_stream("b100"), client=client)),
-            100,
-            len(rides),
-        ),
-        "batched_500": lambda: (
-            streaming.PredictionService(model, streaming.KinesisWriter(fresh_stream("b500"), client=client)),
-            500,
-            len(rides),
-        ),
-        "test_run_100": lambda: (dry, 100, len(rides)),
-        "naive_100": lambda: (NaiveHandler(model, fresh_stream("naive"), client), 100, naive_rides),
+        "batched_100": lambda: (batched(streaming.KinesisWriter(fresh_stream("b100"), client=client)), 100, len(rides)),
+        "batched_500": lambda: (batched(streaming.KinesisWriter(fresh_stream("b500"), client=client)), 500, len(rides)),
+        "test_run_100": lambda: (batched(None), 100, len(rides)),
+        "naive_100": lambda: (NaiveHandler(lam.model, fresh_stream("naive"), client), 100, naive_rides),
     }
     figures = {name: [] for name in measurements}
     for _ in range(repeats):
         for name, make in measurements.items():
             handler, size, count = make()
-            call = handler if isinstance(handler, NaiveHandler) else (lambda e, c, h=handler: h.handle(e))
-            figures[name].append(records_per_second(call, events(rides[:count], size)))
+            figures[name].append(records_per_second(handler, events(rides[:count], size)))
     return {name: statistics.median(values) for name, values in figures.items()}
 
 
@@ -262,7 +237,7 @@ def main(argv=None) -> None:
             s3.put_object(Bucket=BUCKET, Key=path.name, Body=path.read_bytes())
         # Cold starts first, while this process is still small (it forks them).
         starts_by_model = {path: cold_starts(location, env, args.cold_starts) for path, location in locations.items()}
-        rides = sample_rides(args.records)
+        rides = streaming_demo.sample_rides(args.records)[0]
         print(
             f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {args.records:,} records per "
             f"batched run, {args.naive_records:,} per naive run; medians of {args.repeats} interleaved rounds"

@@ -2,7 +2,8 @@
 
     python benchmarks/web_service.py [--app-dir web-service] [--env NAME=VALUE] [--url URL]
                                      [--connections 16] [--rounds 5] [--duration 3]
-                                     [--loadgen auto|wrk|python] [--gunicorn-arg=--threads=2]
+                                     [--loadgen auto|wrk|python] [--gunicorn-arg=--workers=4]
+                                     [--slow-clients 50]
 
 Measures requests/s and p50/p99 latency at N concurrent keep-alive connections, in one run,
 for three services, all started on free loopback ports and measured in turns, back to back
@@ -21,6 +22,10 @@ the machine hardly changes, unlike requests/s). The load generator is wrk (Debia
 installed, else the package's asyncio client (ride_duration.local.loadgen), which uses more CPU.
 Nothing leaves the loopback interface; every run is bounded by --duration.
 
+With --slow-clients N, N more connections to each service send their requests a byte at a
+time throughout (half stall in their headers, half in their bodies, each opened again when
+the server cuts it off), and the report says how many were cut off and after how long at most.
+
 To measure web-service-mlflow instead, for example:
     python benchmarks/web_service.py --app-dir web-service-mlflow --env MODEL_URI=models:/ride-duration@production
 """
@@ -32,12 +37,17 @@ import contextlib
 import json
 import os
 import pickle
+import select
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -73,6 +83,62 @@ class Measure:
     @property
     def rps(self) -> float:
         return self.requests / self.seconds
+
+
+class SlowClients:
+    """`count` connections that send a request one byte every `interval` seconds, in a thread.
+
+    Even ones stall in their headers, odd ones in a body announced as 100 kB. When the server
+    closes one (or answers it: then it closes it next), it is opened again, so `count` stay
+    open; `cut_off` lists how long each one the server closed had lived, in seconds.
+    """
+
+    HEADERS = (
+        b"POST /predict HTTP/1.1\r\nHost: slow\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+    )
+
+    def __init__(self, address: tuple, count: int = 50, interval: float = 0.2):
+        self.address, self.count, self.interval = address, count, interval
+        self.cut_off: list[float] = []
+        self._open: dict[socket.socket, tuple[int, float, int]] = {}  # -> (kind, opened at, bytes sent)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="slow-clients", daemon=True)
+
+    def __enter__(self) -> SlowClients:
+        for kind in range(self.count):
+            self._connect(kind % 2)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        for sock in list(self._open):
+            sock.close()
+        self._open.clear()
+
+    def _connect(self, kind: int) -> None:
+        sock = socket.create_connection(self.address, timeout=5)
+        if kind:  # a body stall: the headers go at once
+            sock.sendall(self.HEADERS)
+        sock.setblocking(False)
+        self._open[sock] = (kind, time.monotonic(), len(self.HEADERS) if kind else 0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            readable, _, _ = select.select(list(self._open), [], [], 0)
+            for sock in readable:  # closed by the server (b"") or answered (then closed): replace it
+                kind, opened, _ = self._open.pop(sock)
+                self.cut_off.append(time.monotonic() - opened)
+                sock.close()
+                self._connect(kind)
+            for sock, (kind, opened, sent) in list(self._open.items()):
+                byte = self.HEADERS[sent : sent + 1] if sent < len(self.HEADERS) else b" "
+                try:
+                    sock.send(byte)
+                except OSError:
+                    continue  # reset by the server: select reports it next round
+                self._open[sock] = (kind, opened, sent + 1)
 
 
 def measure(name: str, url: str, args, group: int | None = None) -> Measure:
@@ -131,6 +197,8 @@ def load(url: str, body: bytes, seconds: float, args) -> tuple[int, float, int, 
             ).stdout
         line = next(line for line in out.splitlines() if line.startswith("RESULT "))
         requests, micros, errors, p50, p99 = line.split()[1:]
+        if not int(requests):  # wrk prints 0 latencies when nothing was answered
+            p50 = p99 = "nan"
         return int(requests), int(micros) / 1e6, int(errors), float(p50) / 1e3, float(p99) / 1e3
     result = run_load(url, [body], duration=seconds, connections=args.connections, timeout=2.0)
     errors = result.errors + sum(n for status, n in result.statuses.items() if status >= 400)
@@ -167,6 +235,7 @@ def main(argv=None) -> int:
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--skip", default="", help="letters of services not to run, e.g. 'c'")
+    parser.add_argument("--slow-clients", type=int, default=0, metavar="N", help="connections trickling requests")
     args = parser.parse_args(argv)
     if args.loadgen == "auto":
         args.loadgen = "wrk" if shutil.which("wrk") else "python"
@@ -207,16 +276,32 @@ def main(argv=None) -> int:
                 serve_in_background(REPO / "benchmarks", naive_env, app="naive_app:app", config=None)
             )
             urls["c"] = ("(c) course style, 1 sync worker", service.predict_url, service.process.pid)
+        slow = [
+            running.enter_context(SlowClients(address_of(url), args.slow_clients))
+            for _, url, _ in urls.values()
+            if args.slow_clients
+        ]
         rounds = {key: [] for key in urls}
         for _ in range(args.rounds):
             for key, (name, url, group) in urls.items():
                 rounds[key].append(measure(name, url, args, group))
+        cut_off = [seconds for clients in slow for seconds in clients.cut_off]
     report(rounds)
+    if slow:
+        print(
+            f"slow clients: {args.slow_clients} per service throughout; the servers cut off {len(cut_off)}, "
+            f"after {max(cut_off, default=float('nan')):.1f} s at most"
+        )
     print(
         f"load average at the end: {os.getloadavg()[0]:.1f} (anything near or above the core count "
         f"means other work shared the cores, and requests/s and p99 suffer)"
     )
     return 0
+
+
+def address_of(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname, parts.port
 
 
 def median_of(runs: list[Measure]) -> Measure:
@@ -231,10 +316,10 @@ def gunicorn_settings(command: list[str]) -> str:
         [*command[:bind], *command[bind + 2 : -1], "--print-config", "x:y"], capture_output=True, text=True, timeout=60
     ).stdout
     values = {name.strip(): value.strip() for name, _, value in (line.partition(" = ") for line in out.splitlines())}
-    return (
-        f"worker_class={values.get('worker_class', '?')} workers={values.get('workers', '?')} "
-        f"threads={values.get('threads', '?')} keepalive={values.get('keepalive', '?')}"
-    )
+    settings = f"worker_class={values.get('worker_class', '?')} workers={values.get('workers', '?')}"
+    if values.get("worker_class") in ("gthread", "sync"):  # what gunicorn's own workers depend on
+        settings += f" threads={values.get('threads', '?')} keepalive={values.get('keepalive', '?')}"
+    return settings
 
 
 def report(rounds: dict[str, list[Measure]]) -> None:

@@ -1,14 +1,15 @@
 """Batch scoring: predict the duration of every ride in a TLC month and write the result.
 
-`score_month` runs the job for the CLI (batch/score.py), the backfill, the notebooks and the
-demo. It reads the month in chunks (pyarrow record batches), hands each chunk to
-`score_chunk` (the one scoring function: `data.clean_trips`, then the model, then the output
-columns) and streams the rows into a parquet file that appears at its final place only when
-complete. Memory stays bounded by the chunk size, not by the month. `engine="spark"` runs the
-same `score_chunk` on Apache Spark.
+The job's steps, which batch/score.py shows one by one: check the month's file (`prepare`) ->
+read it in chunks (`read_chunks`) -> clean each chunk as for training (data.clean_trips) ->
+predict with the model -> the output rows (`output_table`) -> stream them into a parquet file
+that appears at its final place only when complete (`write_parquet_atomic`). `score_month`
+runs the same steps for the backfill, the notebooks and the demo, with `score_chunk` (clean,
+predict, output rows) as the one per-chunk function; `engine="spark"` runs that function on
+Apache Spark. Memory stays bounded by the chunk size, not by the month.
 
 Settings (environment, defaults in brackets):
-BATCH_OUTPUT [<repo>/output]     root of the output: a directory or s3://bucket/prefix
+BATCH_OUTPUT [<home>/output]     root of the output: a directory or s3://bucket/prefix
 BATCH_MODEL [models/lin_reg.npz] the model used when none is given
 BATCH_CHUNK_ROWS [250000]        rows read, scored and written at once
 BATCH_SPARK_MASTER [local[2]]    where `--engine spark` runs
@@ -17,6 +18,10 @@ Output: <root>/taxi_type=<t>/year=<yyyy>/month=<mm>/<model_version>.parquet with
 ride_id, pickup_datetime, PULocationID, DOLocationID, actual_duration, predicted_duration,
 diff, model_version. A ride's id is "<taxi type>/<yyyy>/<mm>_<its row in the TLC file>",
 so the same month gives the same ids at every run.
+
+Failures: a file that cannot be read (no file, not parquet, corrupt pages), a missing or
+mistyped column, a file of another taxi type, and a month with no usable ride are each a
+data.DataError naming the file; nothing is written for that month.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from ride_duration.features import RIDE_FIELDS
 from ride_duration.models import ModelNotFound, load_model, split_s3_url
 
 DEFAULT_CHUNK_ROWS = 250_000
+ENGINES = ("pandas", "spark")
 ROW_INDEX = "row_index"  # a ride's position in its month's file: the last part of its id
 OUTPUT_COLUMNS = (
     "ride_id",
@@ -55,7 +61,7 @@ class BatchError(Exception):
     """The job cannot run as asked (bad output location, unsupported engine, ...)."""
 
 
-# Errors that mean "fix the arguments or the environment", reported in one line by the CLIs.
+# Errors that mean "fix the arguments, the input or the environment", reported in one line by the CLIs.
 USER_ERRORS = (data.DataError, ModelNotFound, BatchError, config.SettingError)
 
 
@@ -98,44 +104,165 @@ def compact_model(model) -> CompactModel:
     return model if isinstance(model, CompactModel) else model.to_compact()
 
 
-# ---- where the output goes --------------------------------------------------------------
-def output_location(root: str | Path, taxi_type: str, year: int, month: int, model_version: str) -> str:
-    """<root>/taxi_type=<t>/year=<yyyy>/month=<mm>/<model_version>.parquet (root may be s3://)."""
-    safe_version = re.sub(r"[^A-Za-z0-9._-]", "_", model_version)
-    return f"{str(root).rstrip('/')}/taxi_type={taxi_type}/year={year:04d}/month={month:02d}/{safe_version}.parquet"
+# ---- the job, checked before a row is read -----------------------------------------------
+@dataclass
+class Job:
+    """A month to score: its trip file (checked), the model, where the output goes."""
+
+    taxi_type: str
+    year: int
+    month: int
+    source: Path
+    rows_read: int  # rows in the file
+    columns: list[str]  # the columns scoring reads
+    model: CompactModel
+    location: str
+    rows: int  # rows per chunk
+
+    @property
+    def period(self) -> tuple[str, int, int]:
+        return self.taxi_type, self.year, self.month
+
+    @property
+    def label(self) -> str:
+        return f"{self.taxi_type} {self.year:04d}-{self.month:02d}"
 
 
-def exists(location: str) -> bool:
-    if not location.startswith("s3://"):
-        return Path(location).is_file()
-    from botocore.exceptions import BotoCoreError, ClientError
+def prepare(
+    taxi_type: str,
+    year: int,
+    month: int,
+    model=None,
+    output: str | Path | None = None,
+    *,
+    source: str | Path | None = None,
+    rows: int | None = None,
+) -> Job:
+    """The job for a month, its inputs checked first (the month, its file's footer, columns and
+    taxi type, the model), so that a bad one is a one-line error before a row is read or anything
+    written. Arguments: as for `score_month`."""
+    taxi_type, year, month = _check_month(taxi_type, year, month)
+    source = Path(source) if source is not None else data.trip_file(taxi_type, year, month)
+    rows_read, columns = check_trip_file(source, taxi_type)
+    model = compact_model(model if model is not None else default_model())
+    root = output if output is not None else default_output()
+    location = output_location(root, taxi_type, year, month, model.version)
+    return Job(taxi_type, year, month, source, rows_read, columns, model, location, rows or chunk_rows())
 
-    bucket, key = split_s3_url(location)
+
+def _check_month(taxi_type: str, year, month) -> tuple[str, int, int]:
+    if taxi_type not in data.DATETIME_COLUMNS:
+        raise data.DataError(
+            f"cannot score {taxi_type!r} trips: batch scoring takes {' or '.join(data.DATETIME_COLUMNS)} taxis"
+        )
+    year, month = int(year), int(month)
+    if not 1 <= month <= 12:
+        raise data.DataError(f"month must be 1..12, got {month}")
+    return taxi_type, year, month
+
+
+def check_trip_file(source: Path, taxi_type: str | None = None) -> tuple[int, list[str]]:
+    """(rows, the columns scoring reads) of a trip file whose footer and schema are usable;
+    otherwise a DataError naming the file and the problem."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not source.is_file():
+        raise data.DataError(f"no trip file at {source}")
     try:
-        aws.client("s3").head_object(Bucket=bucket, Key=key)
-        return True
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return False
-        raise BatchError(f"cannot check {location}: {_client_error(exc)}") from None
-    except BotoCoreError as exc:  # no endpoint, no credentials
-        raise BatchError(f"cannot check {location}: {exc}") from None
+        file = pq.ParquetFile(source)
+    except (pa.ArrowException, OSError) as exc:
+        raise data.DataError(f"{source} is not a readable parquet file: {exc}") from None
+    try:
+        return file.metadata.num_rows, input_columns(file.schema_arrow, taxi_type)
+    except data.DataError as exc:
+        raise data.DataError(f"{source}: {exc}") from None
+
+
+def input_columns(schema, taxi_type: str | None = None) -> list[str]:
+    """The columns scoring reads from a file of this pyarrow schema, checked (data.check_columns)."""
+    # The zones (output columns) and whatever raw fields the features declare, each once.
+    numeric = tuple(dict.fromkeys((*data.NUMERIC_COLUMNS, *RIDE_FIELDS)))
+    # An empty table gives the pandas types the rows will have, without reading one.
+    pickup, dropoff = data.check_columns(schema.empty_table().to_pandas().dtypes, taxi_type, numeric)
+    return [pickup, dropoff, *numeric]
+
+
+# ---- the steps --------------------------------------------------------------------------
+def read_chunks(source: Path, rows: int, columns: list[str] | None = None) -> Iterator:
+    """The month's needed columns as pandas frames of at most `rows` rows, with ROW_INDEX.
+    Pages that cannot be decoded (a damaged file) are a DataError naming the file and the row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(source)
+    columns = columns or input_columns(file.schema_arrow)
+    offset = 0
+    try:
+        for batch in file.iter_batches(batch_size=rows, columns=columns):
+            frame = batch.to_pandas()
+            frame[ROW_INDEX] = np.arange(offset, offset + len(frame), dtype=np.int64)
+            offset += len(frame)
+            yield frame
+    except (pa.ArrowException, OSError) as exc:
+        raise data.DataError(f"{source} cannot be read from row {offset:,} on: {exc}") from None
+
+
+def ride_ids(taxi_type: str, year: int, month: int, row_index) -> list[str]:
+    prefix = f"{taxi_type}/{year:04d}/{month:02d}_"
+    return [prefix + str(i) for i in np.asarray(row_index).tolist()]
+
+
+def output_table(rides, minutes: np.ndarray, model_version: str, taxi_type: str, year: int, month: int):
+    """The output rows (a pandas DataFrame with OUTPUT_COLUMNS) for cleaned rides and their predictions."""
+    import pandas as pd
+
+    pickup, _ = data.datetime_columns(rides.columns, taxi_type)
+    actual = rides["duration"].to_numpy(np.float64)
+    return pd.DataFrame(
+        {
+            "ride_id": ride_ids(taxi_type, year, month, rides[ROW_INDEX]),
+            # Spark hands over nanoseconds, pyarrow the file's microseconds: one unit for both.
+            "pickup_datetime": rides[pickup].astype("datetime64[us]"),
+            "PULocationID": rides["PULocationID"].to_numpy(np.int64),
+            "DOLocationID": rides["DOLocationID"].to_numpy(np.int64),
+            "actual_duration": actual,
+            "predicted_duration": minutes,
+            "diff": actual - minutes,
+            "model_version": model_version,
+        }
+    )
+
+
+def score_chunk(frame, model: CompactModel, taxi_type: str, year: int, month: int):
+    """Clean and score one chunk of raw trips (with ROW_INDEX): the per-chunk steps of every engine.
+
+    Returns (pandas DataFrame with OUTPUT_COLUMNS, data.CleaningReport).
+    """
+    rides, report = data.clean_trips(frame, taxi_type)
+    minutes = model.predict(rides)
+    return output_table(rides, minutes, model.version, taxi_type, year, month), report
 
 
 def write_parquet_atomic(tables: Iterable, location: str) -> None:
-    """Stream pyarrow tables into one parquet file that readers see only once complete.
+    """Stream tables (pandas DataFrames with OUTPUT_COLUMNS, or pyarrow tables) into one parquet
+    file that readers see only once complete.
 
     Local: a hidden temporary file in the same directory, renamed over the target (os.replace
-    is atomic). S3: the file is written locally and then uploaded; S3 creates an object only
-    when its upload (multipart or not) completes. A failure or a kill leaves nothing at
-    `location`; a killed local run may leave a hidden ".<name>.*.part" file beside it.
+    is atomic). S3: the file is written to a temporary folder (TMPDIR) and then uploaded; S3
+    creates an object only when its upload (multipart or not) completes, and boto3 aborts a
+    multipart upload that fails or is interrupted. A failure leaves nothing at `location` and
+    no temporary file; what a SIGKILL can leave is in batch/README.md.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     def write(path) -> None:
         schema = output_schema()
         with pq.ParquetWriter(str(path), schema) as writer:
             for table in tables:
+                if not isinstance(table, pa.Table):
+                    table = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
                 writer.write_table(table.cast(schema))
 
     if location.startswith("s3://"):
@@ -172,72 +299,48 @@ def _client_error(exc) -> str:
     return f"{error.get('Code', '?')} {error.get('Message', '')}".strip()
 
 
-# ---- reading and scoring ----------------------------------------------------------------
-def input_columns(names) -> list[str]:
-    """The columns scoring reads; DataError naming what is missing if the file lacks some."""
-    pickup, dropoff = data.datetime_columns(names)
-    # The zones (output columns) and whatever raw fields the features declare, each once.
-    needed = list(dict.fromkeys((*data.LOCATION_COLUMNS, "trip_distance", *RIDE_FIELDS)))
-    missing = [c for c in needed if c not in names]
-    if missing:
-        raise data.DataError(f"trip data lacks required column(s): {', '.join(missing)}")
-    return [pickup, dropoff, *needed]
+@contextmanager
+def sigterm_stops():
+    """Within the block SIGTERM (`kill`, a scheduler stopping the job) raises KeyboardInterrupt,
+    as Ctrl-C does, so that the same clean-up runs: the temporary file is removed and boto3
+    aborts an unfinished multipart upload. Python's default for SIGTERM is to die at once."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
-def read_chunks(source: Path, rows: int) -> Iterator:
-    """The month's needed columns as pandas frames of at most `rows` rows, with ROW_INDEX."""
-    import pyarrow.parquet as pq
-
-    file = pq.ParquetFile(source)
-    columns = input_columns(file.schema_arrow.names)
-    offset = 0
-    for batch in file.iter_batches(batch_size=rows, columns=columns):
-        frame = batch.to_pandas()
-        frame[ROW_INDEX] = np.arange(offset, offset + len(frame), dtype=np.int64)
-        offset += len(frame)
-        yield frame
+# ---- where the output goes --------------------------------------------------------------
+def output_location(root: str | Path, taxi_type: str, year: int, month: int, model_version: str) -> str:
+    """<root>/taxi_type=<t>/year=<yyyy>/month=<mm>/<model_version>.parquet (root may be s3://)."""
+    safe_version = re.sub(r"[^A-Za-z0-9._-]", "_", model_version)
+    return f"{str(root).rstrip('/')}/taxi_type={taxi_type}/year={year:04d}/month={month:02d}/{safe_version}.parquet"
 
 
-def ride_ids(taxi_type: str, year: int, month: int, row_index) -> list[str]:
-    prefix = f"{taxi_type}/{year:04d}/{month:02d}_"
-    return [prefix + str(i) for i in np.asarray(row_index).tolist()]
+def exists(location: str) -> bool:
+    if not location.startswith("s3://"):
+        return Path(location).is_file()
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3_url(location)
+    try:
+        aws.client("s3").head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise BatchError(f"cannot check {location}: {_client_error(exc)}") from None
+    except BotoCoreError as exc:  # no endpoint, no credentials
+        raise BatchError(f"cannot check {location}: {exc}") from None
 
 
-def predict(model: CompactModel, frame) -> np.ndarray:
-    """The model's predictions for a chunk: column-wise, features built as in training.
-
-    features.category_keys formats the PU_DO key once per distinct zone pair, not per row.
-    """
-    return model.predict_frame(frame)
-
-
-def score_chunk(frame, model: CompactModel, taxi_type: str, year: int, month: int):
-    """Clean and score one chunk of raw trips (with ROW_INDEX); the one scoring function.
-
-    Returns (pandas DataFrame with OUTPUT_COLUMNS, data.CleaningReport).
-    """
-    import pandas as pd
-
-    clean, report = data.clean_trips(frame)
-    pickup, _ = data.datetime_columns(clean.columns)
-    predicted = predict(model, clean) if len(clean) else np.empty(0)
-    actual = clean["duration"].to_numpy(np.float64)
-    scored = pd.DataFrame(
-        {
-            "ride_id": ride_ids(taxi_type, year, month, clean[ROW_INDEX]),
-            # Spark hands over nanoseconds, pyarrow the file's microseconds: one unit for both.
-            "pickup_datetime": clean[pickup].astype("datetime64[us]"),
-            "PULocationID": clean["PULocationID"].to_numpy(np.int64),
-            "DOLocationID": clean["DOLocationID"].to_numpy(np.int64),
-            "actual_duration": actual,
-            "predicted_duration": predicted,
-            "diff": actual - predicted,
-            "model_version": model.version,
-        }
-    )
-    return scored, report
-
-
+# ---- what a month adds up to ------------------------------------------------------------
 @dataclass
 class ScoreResult:
     location: str
@@ -258,6 +361,58 @@ class ScoreResult:
         )
 
 
+class Tally:
+    """What a month's output adds up to: rows, predictions, the cleaning report, with a progress
+    bar (shown on a terminal only, unless `progress` says). Used as a context manager."""
+
+    def __init__(self, job: Job, progress: bool | None = None):
+        self.job, self.rows, self.predicted_sum, self.report = job, 0, 0.0, None
+        self._started = time.perf_counter()
+        self._bar = _progress(job.rows_read, job.label, progress)
+
+    def __enter__(self) -> Tally:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._bar.close()
+
+    def add(self, table, report: data.CleaningReport | None = None):
+        """Count an output table (and the cleaning report of its chunk); returns the table."""
+        self.rows += len(table)
+        self.predicted_sum += float(np.sum(table["predicted_duration"].to_numpy()))
+        if report is not None:
+            if self.report is None:
+                self.report = data.CleaningReport(rows_in=0, dropped=dict.fromkeys(report.dropped, 0))
+            self.report.rows_in += report.rows_in
+            for why, n in report.dropped.items():
+                self.report.dropped[why] = self.report.dropped.get(why, 0) + n
+            self._bar.update(report.rows_in)
+        return table
+
+    def nonempty(self, tables: Iterable) -> Iterator:
+        """The tables; after the last, a DataError if none held a ride, so that an empty month
+        is never written (a backfill would take it for done)."""
+        yield from tables
+        if self.rows == 0:
+            dropped = f" ({self.report})" if self.report else ""
+            raise data.DataError(f"{self.job.source} holds no usable ride for {self.job.label}{dropped}")
+
+    def result(self) -> ScoreResult:
+        job, seconds = self.job, time.perf_counter() - self._started
+        mean = self.predicted_sum / self.rows if self.rows else float("nan")
+        return ScoreResult(job.location, job.model.version, job.rows_read, self.rows, mean, seconds, self.report)
+
+
+def _progress(total: int, description: str, show: bool | None):
+    from tqdm import tqdm
+
+    # disable=None: tqdm shows itself only when stderr is a terminal.
+    return tqdm(
+        total=total, unit=" rows", unit_scale=True, desc=description, disable=None if show is None else not show
+    )
+
+
+# ---- a month, start to end --------------------------------------------------------------
 def score_month(
     taxi_type: str,
     year: int,
@@ -283,98 +438,19 @@ def score_month(
         progress: a progress bar; None shows it only on a terminal.
         spark: the SparkSession for engine="spark" [the active one, or a new one stopped after].
     """
-    started = time.perf_counter()
-    if engine not in ("pandas", "spark"):
-        raise BatchError(f"unknown engine {engine!r}: choose pandas or spark")
-    taxi_type, year, month = _check_month(taxi_type, year, month)
-    source = Path(source) if source is not None else data.trip_file(taxi_type, year, month)
-    rows_read = _parquet_rows(source)
-    model = compact_model(model if model is not None else default_model())
-    location = output_location(
-        output if output is not None else default_output(), taxi_type, year, month, model.version
-    )
-    rows = rows or chunk_rows()
-    totals = _Totals()
-    if engine == "pandas":
-        with _progress(rows_read, f"{taxi_type} {year:04d}-{month:02d}", progress) as bar:
-            chunks = _score_chunks(source, model, taxi_type, year, month, rows, totals, bar)
-            write_parquet_atomic(_counted(chunks, totals), location)
-    else:
-        with (
-            _spark_for(spark) as session,
-            _scored_on_spark(session, source, model, taxi_type, year, month, rows) as tables,
-        ):
-            write_parquet_atomic(_counted(tables, totals), location)
-    return ScoreResult(
-        location, model.version, rows_read, totals.rows, totals.mean(), time.perf_counter() - started, totals.report
-    )
+    if engine not in ENGINES:
+        raise BatchError(f"unknown engine {engine!r}: choose {' or '.join(ENGINES)}")
+    job = prepare(taxi_type, year, month, model, output, source=source, rows=rows)
+    if engine == "spark":
+        return score_on_spark(job, spark)
+    with Tally(job, progress) as tally:
 
+        def output_tables():
+            for chunk in read_chunks(job.source, job.rows, job.columns):
+                yield tally.add(*score_chunk(chunk, job.model, *job.period))
 
-def _check_month(taxi_type: str, year, month) -> tuple[str, int, int]:
-    if taxi_type not in data.DATETIME_COLUMNS:
-        raise data.DataError(
-            f"cannot score {taxi_type!r} trips: batch scoring takes {' or '.join(data.DATETIME_COLUMNS)} taxis"
-        )
-    year, month = int(year), int(month)
-    if not 1 <= month <= 12:
-        raise data.DataError(f"month must be 1..12, got {month}")
-    return taxi_type, year, month
-
-
-def _parquet_rows(source: Path) -> int:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if not source.is_file():
-        raise data.DataError(f"no trip file at {source}")
-    try:
-        return pq.ParquetFile(source).metadata.num_rows
-    except pa.ArrowException as exc:
-        raise data.DataError(f"{source} is not a readable parquet file: {exc}") from None
-
-
-class _Totals:
-    """What the written chunks add up to: rows, the sum of predictions, the cleaning report."""
-
-    def __init__(self):
-        self.rows, self.predicted_sum, self.report = 0, 0.0, None
-
-    def mean(self) -> float:
-        return self.predicted_sum / self.rows if self.rows else float("nan")
-
-    def add_report(self, report: data.CleaningReport) -> None:
-        if self.report is None:
-            self.report = data.CleaningReport(rows_in=0, dropped=dict.fromkeys(report.dropped, 0))
-        self.report.rows_in += report.rows_in
-        for why, n in report.dropped.items():
-            self.report.dropped[why] = self.report.dropped.get(why, 0) + n
-
-
-def _score_chunks(source, model, taxi_type, year, month, rows, totals, bar) -> Iterator:
-    import pyarrow as pa
-
-    schema = output_schema()
-    for frame in read_chunks(source, rows):
-        scored, report = score_chunk(frame, model, taxi_type, year, month)
-        totals.add_report(report)
-        yield pa.Table.from_pandas(scored, schema=schema, preserve_index=False)
-        bar.update(len(frame))
-
-
-def _counted(tables, totals: _Totals) -> Iterator:
-    for table in tables:
-        totals.rows += table.num_rows
-        totals.predicted_sum += float(np.sum(table.column("predicted_duration").to_numpy()))
-        yield table
-
-
-def _progress(total: int, description: str, show: bool | None):
-    from tqdm import tqdm
-
-    # disable=None: tqdm shows itself only when stderr is a terminal.
-    return tqdm(
-        total=total, unit=" rows", unit_scale=True, desc=description, disable=None if show is None else not show
-    )
+        write_parquet_atomic(tally.nonempty(output_tables()), job.location)
+    return tally.result()
 
 
 # ---- Spark ------------------------------------------------------------------------------
@@ -438,7 +514,8 @@ def spark_session():
         .config("spark.executorEnv.PYTHONWARNINGS", PYSPARK_PANDAS_WARNING)
         .getOrCreate()
     )
-    session.sparkContext.setLogLevel("ERROR")
+    # A failed job is reported in one line (_spark_reason); ERROR would add the JVM's stack traces.
+    session.sparkContext.setLogLevel("FATAL")
     return session
 
 
@@ -480,8 +557,16 @@ def _spark_for(spark=None):
         session.stop()
 
 
+def score_on_spark(job: Job, spark=None) -> ScoreResult:
+    """The job on Spark [the given session, else the active one, else a new one stopped after]:
+    the same `score_chunk` per Arrow batch, the output written as by the pandas engine."""
+    with Tally(job, progress=False) as tally, _spark_for(spark) as session, _scored_on_spark(session, job) as tables:
+        write_parquet_atomic(tally.nonempty(tally.add(table) for table in tables), job.location)
+    return tally.result()
+
+
 @contextmanager
-def _scored_on_spark(spark, source: Path, model: CompactModel, taxi_type: str, year: int, month: int, rows: int):
+def _scored_on_spark(spark, job: Job):
     """Score on Spark into a staging folder; yields the staged tables, in row order.
 
     The model travels to the executors as bytes (a broadcast) and each Arrow batch goes
@@ -489,30 +574,51 @@ def _scored_on_spark(spark, source: Path, model: CompactModel, taxi_type: str, y
     ride's row in the file. The staging folder is local (TMPDIR): on a real cluster, point
     TMPDIR at storage the executors share.
     """
-    import pyarrow.parquet as pq
     from pyspark.sql.functions import col
 
     _quiet_pyspark()
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(rows))
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(job.rows))
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-    columns = input_columns(pq.ParquetFile(source).schema_arrow.names)
-    model_bytes = spark.sparkContext.broadcast(model.to_bytes())
+    model_bytes = spark.sparkContext.broadcast(job.model.to_bytes())
+    taxi_type, year, month = job.period  # the closure below carries these, not the job and its model
 
     def score_partition(frames):
         executor_model = CompactModel.from_bytes(model_bytes.value)
         for frame in frames:
-            yield score_chunk(frame, executor_model, taxi_type, year, month)[0]
+            scored = score_chunk(frame, executor_model, taxi_type, year, month)[0]
+            if len(scored):  # Spark cannot convert an empty pandas 3 frame (and it adds nothing)
+                yield scored
 
-    trips = spark.read.parquet(str(source.resolve())).select(*columns, col("_metadata.row_index").alias(ROW_INDEX))
+    trips = spark.read.parquet(str(job.source.resolve()))
+    trips = trips.select(*job.columns, col("_metadata.row_index").alias(ROW_INDEX))
     with tempfile.TemporaryDirectory(prefix="batch-spark-") as staging:
         scored = Path(staging) / "scored"
         try:
             trips.mapInPandas(score_partition, schema=SPARK_SCHEMA).write.parquet(str(scored))
+        except Exception as exc:
+            raise BatchError(f"{job.source}: Spark could not score it: {_spark_reason(exc)}") from None
         finally:
             model_bytes.unpersist()
         # Without a shuffle, part files follow the input's splits: their order is the rows' order.
         parts = sorted(scored.glob("part-*.parquet"))
         yield (table for part in parts for table in _file_tables(part))
+
+
+def _spark_reason(exc: Exception) -> str:
+    """One line for a failed Spark job: the JVM's error and its root cause, or the Python
+    worker's last error line, instead of pages of stack trace."""
+    java = getattr(exc, "java_exception", None)  # py4j's Py4JJavaError
+    if java is not None:
+        try:
+            root = java
+            while root.getCause() is not None:
+                root = root.getCause()
+            return java.toString() if root.equals(java) else f"{java.toString()} (cause: {root.toString()})"
+        except Exception:  # the JVM is gone: fall back to the message's text
+            pass
+    python_part = str(exc).split("JVM stacktrace:")[0]
+    lines = [line for line in python_part.splitlines() if line.strip() and not line[0].isspace()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _file_tables(path: Path) -> Iterator:
@@ -558,7 +664,8 @@ def backfill(
 
     Each month is written atomically, so a run that is stopped leaves finished months
     complete and the others absent: running it again does only what is left. A month that
-    fails is reported and the others still run. Returns {(year, month): ScoreResult | error}.
+    fails, for whatever reason, is logged and the others still run; `backfill_summary` says
+    which failed and why. Returns {(year, month): ScoreResult | the exception it failed with}.
     """
     if start > end:
         raise BatchError(f"the range is empty: {start[0]:04d}-{start[1]:02d} is after {end[0]:04d}-{end[1]:02d}")
@@ -581,17 +688,32 @@ def backfill(
     outcome = {}
     for year, month in months(start, end):
         label = f"{taxi_type} {year:04d}-{month:02d}"
-        location = output_location(root, taxi_type, year, month, model.version)
-        if not force and exists(location):
-            outcome[year, month] = ScoreResult(location, model.version, 0, 0, float("nan"), 0.0, skipped=True)
-            log(f"{label} skipped: {location} already exists")
-            continue
         try:
+            location = output_location(root, taxi_type, year, month, model.version)
+            if not force and exists(location):
+                outcome[year, month] = ScoreResult(location, model.version, 0, 0, float("nan"), 0.0, skipped=True)
+                log(f"{label} skipped: {location} already exists")
+                continue
             result = score_month(taxi_type, year, month, model, root, engine=engine, progress=progress, spark=spark)
-        except USER_ERRORS as exc:
+        except Exception as exc:  # one month's failure, whatever it is, must not cost the others
             outcome[year, month] = exc
-            log(f"{label} failed: {exc}")
+            log(f"{label} failed: {failure_reason(exc)}")
             continue
         outcome[year, month] = result
         log(f"{label} scored: {result}")
     return outcome
+
+
+def failure_reason(exc: Exception) -> str:
+    """One line: the message of an expected error (USER_ERRORS), else the error's type too."""
+    return str(exc) if isinstance(exc, USER_ERRORS) else f"{type(exc).__name__}: {exc}"
+
+
+def backfill_summary(outcome: dict) -> str:
+    """What a backfill did: counts, then one line per failed month with its reason."""
+    failed = {ym: r for ym, r in outcome.items() if isinstance(r, Exception)}
+    skipped = sum(1 for r in outcome.values() if isinstance(r, ScoreResult) and r.skipped)
+    scored = len(outcome) - len(failed) - skipped
+    counts = f"{len(outcome)} month(s): {scored} scored, {skipped} already written, {len(failed)} failed"
+    lines = [f"  {y:04d}-{m:02d}: {failure_reason(exc)}" for (y, m), exc in failed.items()]
+    return "\n".join([counts, *lines])

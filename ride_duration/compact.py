@@ -145,10 +145,6 @@ class CompactModel:
             ]
         )
 
-    def predict_frame(self, frame) -> np.ndarray:
-        """Durations for a DataFrame of rides (the same column-wise path as `predict`)."""
-        return self.predict(frame)
-
     def _encode(self, rides) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """What DictVectorizer would see, column-wise: per categorical feature each ride's one-hot
         column (NO_COLUMN for a value never seen), per numeric feature its values."""
@@ -228,6 +224,59 @@ def _check_format(arrays: dict[str, np.ndarray]) -> None:
     missing = [name for name in (*COMMON_ARRAYS, *KIND_ARRAYS[kind]) if name not in arrays]
     if missing:
         raise ModelFormatError(f"a {kind} export without {', '.join(missing)}: {again}")
+    problem = _shape_problem(arrays, kind)
+    if problem:
+        raise ModelFormatError(f"a damaged {kind} export ({problem}): {again}")
+
+
+# What each array must be for predict to run: a numpy dtype kind per array, and its dimensions.
+ARRAY_TYPES = {
+    "version": ("U", 0),
+    "feature_names": ("U", 1),
+    "column_feature": ("iu", 1),
+    "column_category": ("U", 1),
+    "column_is_category": ("b", 1),
+    "coef": ("f", 1),
+    "intercept": ("fiu", 0),
+    "feature": ("iu", 1),
+    "threshold": ("f", 1),
+    "left": ("iu", 1),
+    "right": ("iu", 1),
+    "value": ("f", 1),
+    "roots": ("iu", 1),
+    "max_depth": ("iu", 0),
+}
+
+
+def _shape_problem(arrays: dict[str, np.ndarray], kind: str) -> str:
+    """What in the arrays would make predict fail or index out of range, or "" when nothing:
+    a file that loads must serve, not answer every request with an error."""
+    for name in (*COMMON_ARRAYS, *KIND_ARRAYS[kind]):
+        dtype_kinds, dimensions = ARRAY_TYPES[name]
+        if arrays[name].dtype.kind not in dtype_kinds or arrays[name].ndim != dimensions:
+            return f"{name} is a {arrays[name].ndim}-d {arrays[name].dtype} array"
+    width = len(arrays["column_feature"])
+    if width == 0 or len(arrays["column_category"]) != width or len(arrays["column_is_category"]) != width:
+        return "the column arrays differ in length, or are empty"
+    if not _within(arrays["column_feature"], len(arrays["feature_names"])):
+        return "a column names a feature that is not in feature_names"
+    if kind == "linear":
+        return "" if len(arrays["coef"]) == width else f"{len(arrays['coef'])} coefficients for {width} columns"
+    nodes = len(arrays["feature"])
+    if any(len(arrays[name]) != nodes for name in ("threshold", "left", "right", "value")) or not nodes:
+        return "the node arrays differ in length, or are empty"
+    split = arrays["feature"][arrays["feature"] != LEAF]
+    if not _within(split, width):
+        return "a node splits on a column the export does not have"
+    if not (_within(arrays["left"], nodes) and _within(arrays["right"], nodes) and _within(arrays["roots"], nodes)):
+        return "a node or root index is out of range"
+    if not len(arrays["roots"]) or int(arrays["max_depth"]) < 0:
+        return "no trees, or a negative depth"
+    return ""
+
+
+def _within(indices: np.ndarray, size: int) -> bool:
+    return bool(len(indices) == 0 or (indices.min() >= 0 and indices.max() < size))
 
 
 def _defined_feature_names() -> set[str] | None:

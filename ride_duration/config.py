@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,12 +86,20 @@ def tlc_base_url() -> str:
 def atomic_path(target: Path) -> Iterator[Path]:
     """A hidden temporary path beside `target`, renamed over it when the block succeeds and
     removed when it fails: readers see no file, or the old one, or the whole new one.
-    A killed process may leave the hidden ".<name>.*.part" file behind."""
+    The file gets the mode open() would give it (0644 under the usual umask 022), not
+    mkstemp's 0600. A killed process may leave the hidden ".<name>.*.part" file behind."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    os.close(fd)
+    tmp = _create_hidden_beside(target)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, target)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+
+
+def _create_hidden_beside(target: Path) -> Path:
+    # O_EXCL makes the name ours (64 random bits: a clash is an error, not a retry); mode
+    # 0o666 lets the umask decide, exactly as open() does.
+    tmp = target.parent / f".{target.name}.{os.urandom(8).hex()}.part"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return tmp

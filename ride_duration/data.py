@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ride_duration import config
+from ride_duration.features import MAX_LOCATION_ID, MIN_LOCATION_ID, RAW_FIELDS
 
 # Checksums of months we know, so that a damaged or substituted file is never used.
 KNOWN_SHA256 = {
@@ -23,6 +24,7 @@ DATETIME_COLUMNS = {
     "yellow": ("tpep_pickup_datetime", "tpep_dropoff_datetime"),
 }
 LOCATION_COLUMNS = ("PULocationID", "DOLocationID")
+NUMERIC_COLUMNS = (*LOCATION_COLUMNS, "trip_distance")  # what cleaning reads besides the datetimes
 MIN_DURATION, MAX_DURATION = 1.0, 60.0
 
 
@@ -69,6 +71,8 @@ def fetch(name: str, url_path: str) -> Path:
     if cached.is_file():
         return _verified(cached)
     mirror = config.tlc_mirror()
+    if mirror is not None and not mirror.is_dir():
+        raise DataError(f"cannot look for {name} in TLC_MIRROR={mirror}: no such folder (fix TLC_MIRROR or unset it)")
     if mirror is not None and (mirror / name).is_file():
         return _verified(mirror / name)
     url = f"{config.tlc_base_url()}/{url_path}"
@@ -146,53 +150,105 @@ class CleaningReport:
         return f"{self.rows_in:,} rows read, {self.rows_out:,} kept; dropped: {reasons}"
 
 
-def datetime_columns(columns) -> tuple[str, str]:
-    """The pickup and drop-off column names of a green or yellow trip file."""
-    for pickup, dropoff in DATETIME_COLUMNS.values():
-        if pickup in columns and dropoff in columns:
-            return pickup, dropoff
+def datetime_columns(columns, taxi_type: str | None = None) -> tuple[str, str]:
+    """The pickup and drop-off column names of a green or yellow trip file; with `taxi_type`,
+    those of that type, and a DataError naming both types for a file of the other one."""
+    if taxi_type is not None and taxi_type not in DATETIME_COLUMNS:
+        raise DataError(f"no datetime columns are known for {taxi_type!r} trips: only {', '.join(DATETIME_COLUMNS)}")
+    present = {kind: names for kind, names in DATETIME_COLUMNS.items() if all(n in columns for n in names)}
+    if taxi_type in present:
+        return present[taxi_type]
+    if taxi_type is not None and present:
+        found = next(iter(present))
+        raise DataError(
+            f"these are {found} trips ({', '.join(present[found])}), not {taxi_type} "
+            f"({', '.join(DATETIME_COLUMNS[taxi_type])})"
+        )
+    if present:
+        return next(iter(present.values()))
     raise DataError(
         "no pickup/drop-off datetime columns: expected "
         + " or ".join(f"{p} and {d}" for p, d in DATETIME_COLUMNS.values())
     )
 
 
+def check_columns(dtypes, taxi_type: str | None = None, numeric=NUMERIC_COLUMNS) -> tuple[str, str]:
+    """Check that trips with these column types (name -> pandas dtype) can be cleaned: the
+    datetime columns hold date-times, the `numeric` ones numbers. Returns the datetime columns'
+    names; a DataError names what is missing or mistyped."""
+    import pandas as pd
+
+    pickup, dropoff = datetime_columns(dtypes, taxi_type)
+    missing = [c for c in numeric if c not in dtypes]
+    if missing:
+        raise DataError(f"trip data lacks required column(s): {', '.join(missing)}")
+    for column in (pickup, dropoff):
+        if not pd.api.types.is_datetime64_any_dtype(dtypes[column]):
+            raise DataError(f"column {column} holds {dtypes[column]}, not date-times")
+    for column in numeric:
+        dtype = dtypes[column]
+        if not pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
+            raise DataError(f"column {column} holds {dtype}, not numbers")
+    return pickup, dropoff
+
+
 def read_trips(taxi_type: str, year: int, month: int):
     """A month of trips, cleaned: see `clean_trips`. Returns (DataFrame, CleaningReport)."""
     import pandas as pd
 
-    return clean_trips(pd.read_parquet(trip_file(taxi_type, year, month)))
+    return clean_trips(pd.read_parquet(trip_file(taxi_type, year, month)), taxi_type)
 
 
-def clean_trips(df):
+def clean_trips(df, taxi_type: str | None = None):
     """Validate a raw trip frame and keep the rides a duration model can learn from.
 
-    Adds `duration` (minutes) and keeps rides lasting 1 to 60 minutes with both location
-    ids and a distance. Location ids may be int32 or int64 (the TLC changed it in 2023);
-    they come out as int64. Returns (cleaned frame, CleaningReport).
+    Adds `duration` (minutes) and keeps rides lasting 1 to 60 minutes whose zones and distance
+    are present and in the ranges the services accept (features.RAW_FIELDS: zones 1..265 of the
+    TLC's table, 0 to 100 miles); the others are typos. Location ids may be int32 or int64 (the
+    TLC changed it in 2023); they come out as int64. Columns of the wrong type (see `check_columns`)
+    are a DataError. Returns (cleaned frame, CleaningReport).
     """
     import pandas as pd
 
-    pickup, dropoff = datetime_columns(df.columns)
-    missing = [c for c in (*LOCATION_COLUMNS, "trip_distance") if c not in df.columns]
-    if missing:
-        raise DataError(f"trip data lacks required column(s): {', '.join(missing)}")
+    pickup, dropoff = check_columns(df.dtypes, taxi_type)
     report = CleaningReport(rows_in=len(df))
     df = df.copy()
     df["duration"] = (df[dropoff] - df[pickup]).dt.total_seconds() / 60
-    incomplete = df[[*LOCATION_COLUMNS, "trip_distance", "duration"]].isna().any(axis=1)
-    too_short = ~incomplete & (df["duration"] < MIN_DURATION)
-    too_long = ~incomplete & (df["duration"] > MAX_DURATION)
+    incomplete = df[[*NUMERIC_COLUMNS, "duration"]].isna().any(axis=1)
+    # A raw field outside the range the services accept (features.RAW_FIELDS) is a typo: kept,
+    # it would widen the zone-pair keys, or, for the distance, set a linear model's weight.
+    outside = {
+        f"zone id outside {MIN_LOCATION_ID}..{MAX_LOCATION_ID}": ~(
+            _in_zone_table(df[LOCATION_COLUMNS[0]]) & _in_zone_table(df[LOCATION_COLUMNS[1]])
+        )
+    }
+    for name, spec in RAW_FIELDS.items():
+        if name not in LOCATION_COLUMNS and name in df.columns:
+            outside[f"{name} outside {spec.minimum:g}..{spec.maximum:g} {spec.unit}".rstrip()] = ~pd.to_numeric(
+                df[name]
+            ).between(spec.minimum, spec.maximum)
+    kept = ~incomplete
+    dropped = {"missing location, distance or time": int(incomplete.sum())}
+    for why, rows in outside.items():  # each row counted once, under the first reason it fails
+        dropped[why] = int((kept & rows).sum())
+        kept &= ~rows
+    too_short = kept & (df["duration"] < MIN_DURATION)
+    too_long = kept & (df["duration"] > MAX_DURATION)
     report.dropped = {
-        "missing location, distance or time": int(incomplete.sum()),
+        **dropped,
         f"shorter than {MIN_DURATION:g} min": int(too_short.sum()),
         f"longer than {MAX_DURATION:g} min": int(too_long.sum()),
     }
-    df = df[~(incomplete | too_short | too_long)].reset_index(drop=True)
+    df = df[kept & ~(too_short | too_long)].reset_index(drop=True)
     for column in LOCATION_COLUMNS:
         df[column] = df[column].astype("int64")
     df["trip_distance"] = pd.to_numeric(df["trip_distance"]).astype("float64")
     return df, report
+
+
+def _in_zone_table(ids):
+    """Whether each id is a whole number in MIN_LOCATION_ID..MAX_LOCATION_ID (floats: 130.0 counts)."""
+    return ids.between(MIN_LOCATION_ID, MAX_LOCATION_ID) & (ids % 1 == 0)
 
 
 def fetch_known(log=print) -> list[Path]:

@@ -43,8 +43,9 @@ class RawField:
 
 
 MIN_LOCATION_ID, MAX_LOCATION_ID = 1, 265  # the TLC's taxi zones
-# Longer than any taxi ride in New York; the TLC's files hold typos far above it.
-MAX_TRIP_DISTANCE = 500.0
+# A ride of at most an hour (the model's range) cannot go further; the TLC's files hold typos
+# of thousands of miles, which cleaning drops (a linear model's distance weight depends on it).
+MAX_TRIP_DISTANCE = 100.0
 
 RAW_FIELDS = {
     "PULocationID": RawField("integer", MIN_LOCATION_ID, MAX_LOCATION_ID, "an integer zone id"),
@@ -120,7 +121,8 @@ def category_keys(*columns, separator: str = "_") -> Categories:
     rows = len(columns[0])
     if rows <= FEW_RIDES:  # a web request or a Kinesis batch: numpy's per-call costs would dominate
         positions: dict[tuple, int] = {}
-        codes = [positions.setdefault(combination, len(positions)) for combination in zip(*map(list, columns))]
+        rows_of_ids = zip(*(column.tolist() for column in columns))  # Python ints: str() of them is fast
+        codes = [positions.setdefault(combination, len(positions)) for combination in rows_of_ids]
         labels = np.array([separator.join(map(str, combination)) for combination in positions], dtype=object)
         return Categories(np.array(codes, dtype=np.intp), labels)
     # One int64 per combination (mixed radix over each column's range), so np.unique sorts numbers.

@@ -2,16 +2,18 @@
 
     gunicorn --config python:ride_duration.gunicorn_conf predict:app
 
-HOST [127.0.0.1]        address to listen on; the Dockerfile sets 0.0.0.0
-PORT [9696]             port to listen on
-WEB_CONCURRENCY [2]     worker processes, each loading the model once; one per core
-WEB_THREADS [1]         threads per worker (gthread worker class)
+HOST [127.0.0.1]            address to listen on, IPv4 or IPv6 (::1); the Dockerfile sets 0.0.0.0
+PORT [9696]                 port to listen on
+WEB_CONCURRENCY [2]         worker processes, each loading the model once; one per core
+REQUEST_READ_TIMEOUT [10]   seconds a client has to send one whole request; then its
+                            connection is closed (see ride_duration/service.py)
 
-Why these, in short (the measurements: "Why these settings" in web-service/README.md):
-- gthread keeps client connections alive; the sync worker closes each one after its answer,
-  so every request pays a new TCP connection.
-- One thread per worker: Python runs one thread at a time per process, so more threads
-  make requests wait for each other's turn, which the p99 shows.
+Why these, in short (the measurements: "Performance" in web-service/README.md):
+- The worker class reads each request whole, on an event loop, before the app sees it
+  (ride_duration/http_worker.py): a client that trickles its request holds no worker.
+  gunicorn's own workers read a request in the thread that then runs it.
+- One event loop per worker: Python runs one thread at a time per process, and the app
+  takes a fraction of a millisecond per request, so one core gets one process.
 - reuse_port: each worker listens on its own socket and the kernel spreads new connections
   over them. On one shared socket, whichever worker woke first often took most of a
   client's connections, and its queue set the p99.
@@ -22,19 +24,20 @@ import os
 import socket
 
 from ride_duration.config import SettingError, env_int
-from ride_duration.service import max_request_bytes, max_rides_per_request
+from ride_duration.service import max_request_bytes, max_rides_per_request, request_read_timeout
 
-bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '9696')}"
+
+def bind_address(host: str, port: str) -> str:
+    """gunicorn's HOST:PORT, an IPv6 address in brackets ([::1]:9696)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+bind = bind_address(os.environ.get("HOST", "127.0.0.1"), os.environ.get("PORT", "9696"))
 workers = env_int("WEB_CONCURRENCY", 2)
-worker_class = "gthread"
-threads = env_int("WEB_THREADS", 1)
+worker_class = "ride_duration.http_worker.WholeRequestWorker"
 reuse_port = True
-keepalive = 5  # seconds an idle client connection stays open
-timeout = 30  # a worker silent this long is restarted
-# On stop, time given to requests in flight (they take milliseconds). gunicorn's gthread
-# worker also waits this long when a client holds an idle keep-alive connection; Docker
-# sends SIGKILL 10 s after SIGTERM.
-graceful_timeout = 5
+timeout = 30  # a worker silent this long (an app call stuck) is restarted
+graceful_timeout = 5  # on stop, before the master kills a worker (ours stop within 1 s); Docker kills at 10 s
 # gunicorn >= 25 opens a control socket under $HOME by default: several services on one
 # machine would share its path, and a container's user may have no home.
 control_socket_disable = True
@@ -43,7 +46,7 @@ control_socket_disable = True
 def on_starting(server):
     """Checks made once, in the master, before any worker starts; a failure is one line."""
     try:  # read by every worker: a bad value would fail them all, each with its own message
-        max_rides_per_request(), max_request_bytes()
+        max_rides_per_request(), max_request_bytes(), request_read_timeout()
     except SettingError as exc:
         raise RuntimeError(str(exc)) from None
     refuse_taken_ports(server.cfg.address)

@@ -1,6 +1,7 @@
 """Ask a running service's /health; exit status 0 when it answers 200 (Docker's HEALTHCHECK).
 
-    python -m ride_duration.healthcheck [URL]    [http://127.0.0.1:$PORT/health, PORT 9696]
+    python -m ride_duration.healthcheck [URL]    [http://127.0.0.1:$PORT/health, PORT 9696;
+                                                  http://[::1]:$PORT/health when HOST is IPv6]
 
 Standard library only: the slim image has no curl.
 """
@@ -15,7 +16,9 @@ import urllib.request
 
 
 def default_url() -> str:
-    return f"http://127.0.0.1:{os.environ.get('PORT', '9696')}/health"
+    # The service's own loopback: a service bound to an IPv6 address (HOST=::1 or ::) answers there.
+    loopback = "[::1]" if ":" in os.environ.get("HOST", "") else "127.0.0.1"
+    return f"http://{loopback}:{os.environ.get('PORT', '9696')}/health"
 
 
 def probe(url: str, timeout: float = 2.0) -> dict | None:

@@ -2,9 +2,9 @@
 
     load_model(spec) -> Model   (SPEC_HELP lists the specs)
 
-path/to/model.npz (or .pkl), s3://bucket/key.npz
-    the compact export (ride_duration.compact): numpy, and boto3 for S3; a .pkl pipeline needs
-    scikit-learn.
+path/to/model.npz (or .pkl), s3://bucket/key.npz (or .pkl)
+    the compact export (ride_duration.compact): numpy, and boto3 for S3. A .pkl pipeline needs
+    scikit-learn, and loads only with ALLOW_UNSAFE_PICKLE=1 (see "What runs code" below).
 models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<id>, runs:/<run id>/model
     resolved with MLflow's client (mlflow-skinny is enough) at MLFLOW_TRACKING_URI to the run
     that trained the model, whose compact export (COMPACT_ARTIFACT) is then read from S3 with
@@ -17,6 +17,16 @@ models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<id>, runs:/<run id>/model
 Whichever way, `.version` is the run id of the run that trained the model (a file's is its
 name and a hash of it), so a service answers with the same model_version from either source.
 
+What runs code: nothing, by default. The .npz export is read with allow_pickle=False, and an
+MLflow model without one loads only from scikit-learn's skops format, with this package's
+own list of trusted types (SKOPS_TRUSTED_TYPES, not the list the model file carries).
+Unpickling runs whatever code the file holds, so a .pkl file or S3 object, or an MLflow model
+in another format, is refused (UnsafeModelRefused) unless ALLOW_UNSAFE_PICKLE=1 [0] is set.
+
+Deadlines: S3 calls use ride_duration.aws (AWS_CONNECT_TIMEOUT, AWS_READ_TIMEOUT,
+AWS_MAX_ATTEMPTS); the tracking server MLFLOW_DEFAULTS; MLflow's own S3 client gets the
+same AWS deadlines (aws.use_deadlines_by_default). A hung endpoint fails in under 30 s.
+
 Light on purpose: the web service and the Lambda import this module, which costs numpy;
 boto3, mlflow, pandas and scikit-learn are imported only in the branch a spec needs.
 """
@@ -24,7 +34,6 @@ boto3, mlflow, pandas and scikit-learn are imported only in the branch a spec ne
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -40,6 +49,8 @@ if TYPE_CHECKING:
 COMPACT_ARTIFACT = "compact/model.npz"  # in a run's artifacts: registry.train_and_register logs it
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 MODEL_ID = re.compile(r"m-[0-9a-f]{32}")
+# How botocore says an endpoint did not answer, in the messages MLflow wraps around it.
+S3_UNREACHABLE = re.compile(r'(Connect timeout|Read timeout|Could not connect to the endpoint URL)[^"]*"[^"]*"')
 SPEC_HELP = (
     "models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<id>, runs:/<run id>/model (through the "
     "tracking server), a run id <32 hex> or model id m-<32 hex> (read from S3), s3://bucket/key.npz "
@@ -47,15 +58,21 @@ SPEC_HELP = (
 )
 # Defaults for MLflow's own variables, each unless already set. Its client retries a tracking
 # server that does not answer 7 times with a 120 s timeout, minutes before a service could say
-# so: 3 attempts of 5 s fail in ~3 s (refused) or ~20 s (no answer). They apply to the
-# process's later MLflow calls too; set them to choose other values.
+# so: 3 attempts of 4 s fail in ~3 s (refused) or ~15 s (no answer), 27 s at worst
+# (tracking_server_worst_case_seconds). They apply to the process's later MLflow calls too;
+# set them to choose other values.
 MLFLOW_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "4",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "1",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
+UNSAFE_PICKLE_SETTING = "ALLOW_UNSAFE_PICKLE"
+# skops loads only these types beyond its own safe set: our feature step and scikit-learn's
+# tree storage. Passed at load, so a model file cannot widen the list it is loaded with.
+SKOPS_TRUSTED_TYPES = ["ride_duration.features.ride_features", "sklearn.tree._tree.Tree"]
 
 
 class Model(Protocol):
@@ -78,6 +95,29 @@ class ModelStoreUnavailable(ModelNotFound):
 
 class ModelUnreadable(ModelNotFound):
     """The file is there but holds no model this code can load (damaged, foreign, an old format)."""
+
+
+class UnsafeModelRefused(ModelUnreadable):
+    """A model whose loading would run code from it (a pickle), without ALLOW_UNSAFE_PICKLE=1."""
+
+
+def unsafe_pickle_allowed() -> bool:
+    """ALLOW_UNSAFE_PICKLE [0]: 1 lets pickled models load, and with them any code they hold."""
+    value = os.environ.get(UNSAFE_PICKLE_SETTING, "").strip()
+    if value not in ("", "0", "1"):
+        raise config.SettingError(f"{UNSAFE_PICKLE_SETTING} must be 1 or 0, got {value!r}")
+    return value == "1"
+
+
+def refuse_unless_pickle_allowed(
+    location: str, what: str = "a pickle", instead: str = "load its .npz export (ride_duration.train writes both)"
+) -> None:
+    """UnsafeModelRefused for `location`, before any byte of it is read, unless the opt-in is set."""
+    if not unsafe_pickle_allowed():
+        raise UnsafeModelRefused(
+            f"{location} is {what}, and loading it would run any code it holds: refused. Instead, {instead}, "
+            f"or set {UNSAFE_PICKLE_SETTING}=1 if you trust where it comes from"
+        )
 
 
 def load_model(spec: str | Path) -> Model:
@@ -114,8 +154,13 @@ def spec_from_env(variables: Sequence[str], default: str | None = None) -> str:
 
 # ---- the compact export: a file or an S3 object ---------------------------------------------
 def load_compact(location: str | Path) -> CompactModel:
-    """A CompactModel from a local .npz/.pkl file or an s3://bucket/key.npz object."""
+    """A CompactModel from a local .npz/.pkl file or an s3://bucket/key.npz (or .pkl) object.
+
+    A .pkl is refused before it is read unless ALLOW_UNSAFE_PICKLE=1 (UnsafeModelRefused)."""
     location = str(location)
+    is_pickle = location.endswith(".pkl")
+    if is_pickle:
+        refuse_unless_pickle_allowed(location)
     if location.startswith("s3://"):
         blob = read_s3(location)
     else:
@@ -124,9 +169,10 @@ def load_compact(location: str | Path) -> CompactModel:
             raise ModelNotFound(f"no model file at {path}: train one with `make train`, or give {SPEC_HELP}")
         blob = path.read_bytes()
     try:
-        if not location.endswith(".pkl"):
+        if not is_pickle:
             return CompactModel.from_bytes(blob)
-        # A pickled scikit-learn pipeline (this imports scikit-learn): exported on the fly.
+        import pickle  # opted in above; unpickling a pipeline imports scikit-learn
+
         return CompactModel.from_pipeline(pickle.loads(blob), version=file_version(Path(location).stem, blob))
     except Exception as exc:  # a damaged or foreign file: whatever numpy or pickle raised
         raise ModelUnreadable(f"{location} is not a readable model ({type(exc).__name__}: {exc})") from None
@@ -242,6 +288,7 @@ def import_mlflow(purpose: str = "the MLflow client"):
 
     for name, value in MLFLOW_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    aws.use_deadlines_by_default()  # MLflow's S3 artifact client is its own, made without our Config
     try:
         with warnings.catch_warnings():
             # `import mlflow` imports tqdm.auto, which warns in a Jupyter kernel without ipywidgets.
@@ -253,6 +300,21 @@ def import_mlflow(purpose: str = "the MLflow client"):
             "or load the model by run id from S3"
         ) from None
     return mlflow
+
+
+def tracking_server_worst_case_seconds() -> float:
+    """The longest one MLflow client call waits on a tracking server that never answers, at the
+    current settings (MLFLOW_DEFAULTS where unset): requests applies the timeout to connecting
+    and to the answer, each attempt; urllib3 sleeps before retry n from the second on, for
+    factor * 2**(n - 1) s plus up to `jitter` s."""
+
+    def setting(name: str) -> float:
+        return float(os.environ.get(name) or MLFLOW_DEFAULTS[name])
+
+    retries = int(setting("MLFLOW_HTTP_REQUEST_MAX_RETRIES"))
+    factor, jitter = setting("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"), setting("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER")
+    backoff = sum(factor * 2 ** (n - 1) + jitter for n in range(2, retries + 1))
+    return (retries + 1) * 2 * setting("MLFLOW_HTTP_REQUEST_TIMEOUT") + backoff
 
 
 @contextmanager
@@ -323,26 +385,45 @@ def _read_compact_artifact(artifact_uri: str, spec: str, tracking_uri: str) -> C
 
 
 class MlflowModel:
-    """A registered model without a compact export, served by mlflow.pyfunc (a version
-    registered by other means, e.g. from the UI). Loading it imports pandas and the model's
-    flavor (scikit-learn): web-service-mlflow's image has neither."""
+    """A registered model without a compact export (a version registered by other means, e.g.
+    from the UI), loaded by this package from MLflow's scikit-learn flavour in the skops
+    format. Loading it imports scikit-learn and skops (and pandas to predict): web-service-mlflow's
+    image has none of them. Any other format unpickles, so it is left to mlflow.pyfunc, and only
+    with ALLOW_UNSAFE_PICKLE=1."""
 
-    def __init__(self, pyfunc_model, version: str):
-        self.pyfunc_model = pyfunc_model
+    def __init__(self, model, version: str):
+        self.model = model  # a scikit-learn pipeline, or (opted in) an mlflow.pyfunc model
         self.version = version
 
     @classmethod
     def load(cls, spec: str, version: str) -> MlflowModel:
-        import_mlflow(spec)
+        import tempfile
+
+        mlflow = import_mlflow(spec)
+        import mlflow.artifacts  # noqa: F811  (the submodules, after import_mlflow's settings)
+        import mlflow.models
+
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            tracking_server_errors(spec, mlflow.get_tracking_uri()),
+            _artifact_store_errors(spec),
+        ):
+            folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=tmp))
+            flavor = mlflow.models.Model.load(folder / "MLmodel").flavors.get("sklearn", {})
+            if flavor.get("serialization_format") == "skops":
+                return cls(_load_skops(folder / flavor["pickled_model"], spec, version), version)
+        # MLflow's own default, for an sklearn flavour that names no format, is pickle.
+        stored_as = f"stored as {flavor.get('serialization_format', 'pickle')}" if flavor else "of another flavour"
+        refuse_unless_pickle_allowed(
+            spec, f"an MLflow model {stored_as}", "register one logged with skops or a compact export (make register)"
+        )
         try:
             import mlflow.pyfunc
 
             return cls(mlflow.pyfunc.load_model(spec), version)
-        except Exception as exc:  # ImportError too (no pandas or scikit-learn here)
-            raise ModelNotFound(
-                f"{spec} resolves to run {version}, which has no {COMPACT_ARTIFACT}, and mlflow.pyfunc "
-                f"cannot load its model: {_first_line(exc)}"
-            ) from None
+        except Exception as exc:  # ImportError too (no pandas or the model's flavour here)
+            reason = _first_line(exc)
+            raise ModelUnreadable(f"{spec}: mlflow.pyfunc cannot load run {version}'s model: {reason}") from None
 
     def predict(self, rides: Sequence[dict]) -> np.ndarray:
         import numpy as np
@@ -351,15 +432,52 @@ class MlflowModel:
         rides = list(rides)
         if not rides:
             return np.empty(0)
-        return np.asarray(self.pyfunc_model.predict(pd.DataFrame(rides)), dtype=np.float64)
+        return np.asarray(self.model.predict(pd.DataFrame(rides)), dtype=np.float64)
 
     def to_compact(self) -> CompactModel:
         """The scikit-learn pipeline exported to numpy, for batch's column-wise scoring and Spark."""
+        pipeline = self.model.get_raw_model() if hasattr(self.model, "get_raw_model") else self.model
         try:
-            return CompactModel.from_pipeline(self.pyfunc_model.get_raw_model(), version=self.version)
+            return CompactModel.from_pipeline(pipeline, version=self.version)
         except Exception as exc:  # another flavor, or a pipeline of other steps
             reason = _first_line(exc)
             raise ModelUnreadable(f"run {self.version}'s model cannot be exported to numpy: {reason}") from None
+
+
+def _load_skops(path: Path, spec: str, version: str):
+    """The pipeline in a skops file, with our trusted types (never those the MLmodel file lists)."""
+    try:
+        import skops.io
+
+        return skops.io.load(path, trusted=SKOPS_TRUSTED_TYPES)
+    except Exception as exc:  # untrusted types, a damaged file, no skops or scikit-learn here
+        raise ModelUnreadable(
+            f"{spec} resolves to run {version}, which has no {COMPACT_ARTIFACT}, and its skops model "
+            f"cannot be loaded: {_first_line(exc)}"
+        ) from None
+
+
+@contextmanager
+def _artifact_store_errors(spec: str) -> Iterator[None]:
+    """MLflow's S3 download failing as one line naming the endpoint (botocore's own words)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # no boto3: the artifacts are not on S3
+        BotoCoreError = ClientError = ()  # noqa: N806  (catches nothing)
+
+    try:
+        yield
+    except BotoCoreError as exc:  # a listing: botocore's exception as it is
+        raise ModelStoreUnavailable(f"cannot download {spec} from S3 ({exc}): is S3 reachable?") from None
+    except ClientError as exc:
+        raise ModelNotFound(f"cannot download {spec} from S3 ({_first_line(exc)})") from None
+    except MlflowException as exc:  # a download: MLflow's paragraph around botocore's line
+        cause = S3_UNREACHABLE.search(str(exc))
+        if not cause:
+            raise
+        raise ModelStoreUnavailable(f"cannot download {spec} from S3 ({cause.group(0)}): is S3 reachable?") from None
 
 
 def _first_line(exc: Exception) -> str:

@@ -31,9 +31,11 @@ Real AWS: with AWS_ENDPOINT_URL and MLFLOW_S3_ENDPOINT_URL unset, MODEL_BUCKET n
 bucket and MLFLOW_TRACKING_URI your tracking server, the same code talks to AWS.
 
 The skops format needs two types trusted explicitly: the pipeline's feature function and
-scikit-learn's tree storage (both our own output). They are recorded in the MLmodel file, so
-`mlflow.sklearn.load_model` loads the model with no extra argument and no warning. Loading it
-needs this package installed (the feature step lives in ride_duration.features).
+scikit-learn's tree storage (both our own output, models.SKOPS_TRUSTED_TYPES). They are
+recorded in the MLmodel file, so `mlflow.sklearn.load_model` loads the model with no extra
+argument and no warning; ride_duration.models passes its own list instead, so that a model
+file cannot widen what it is trusted with. Loading it needs this package installed (the
+feature step lives in ride_duration.features).
 """
 
 from __future__ import annotations
@@ -50,13 +52,13 @@ from ride_duration import config
 from ride_duration.compact import CompactModel
 from ride_duration.models import (
     COMPACT_ARTIFACT,
+    SKOPS_TRUSTED_TYPES,
     ModelNotFound,
     import_mlflow,
     tracking_server_errors,
 )
 
 MODEL_ARTIFACT = "model"  # the logged model's name: runs:/<run id>/model
-SKOPS_TRUSTED_TYPES = ["ride_duration.features.ride_features", "sklearn.tree._tree.Tree"]
 
 
 def model_name() -> str:
@@ -109,7 +111,8 @@ def train_and_register(
     name: str | None = None,
     alias: str | None = None,
 ) -> RegisteredModel:
-    """Fit the random-forest pipeline, log it to MLflow, register it and point the alias at it.
+    """Fit the random-forest pipeline (ride_duration.train.train), log it to MLflow, register it
+    and point the alias at it.
 
     Args:
         train_month, valid_month: taxi_type:YYYY-MM months to fit on and to validate on.
@@ -117,27 +120,16 @@ def train_and_register(
         data: (train_df, valid_df) already read, instead of the months.
         name, alias: the registered model and its alias [MODEL_NAME, MODEL_ALIAS].
     """
-    from sklearn.ensemble import RandomForestRegressor
-
-    from ride_duration.features import RIDE_FIELDS, make_pipeline
-    from ride_duration.train import FOREST_PARAMS, TARGET, parse_month, rmse
+    from ride_duration import features, train
 
     name, alias = name or model_name(), alias or model_alias()
     mlflow = _mlflow()
     import mlflow.sklearn  # noqa: F811  (the submodule, after _mlflow's settings)
 
     client = _client()  # before the fit: a missing server should not cost a minute of training
-    if data is None:
-        from ride_duration.data import read_trips
-
-        data = read_trips(*parse_month(train_month))[0], read_trips(*parse_month(valid_month))[0]
-    train_df, valid_df = data
-    params = {**FOREST_PARAMS, **(forest_params or {})}
-    pipeline = make_pipeline(RandomForestRegressor(n_jobs=-1, **params))
-    started = time.perf_counter()
-    pipeline.fit(train_df, train_df[TARGET].to_numpy())
-    fit_seconds = time.perf_counter() - started
-    score = rmse(valid_df[TARGET], pipeline.predict(valid_df))
+    train_df, valid_df = data if data is not None else train.read_months(train_month, valid_month)
+    result = train.train("forest", train_month, valid_month, data=(train_df, valid_df), params=forest_params)
+    pipeline = result.pipeline
 
     with _quiet(), tempfile.TemporaryDirectory() as tmp:
         experiment_id = _experiment_id(client, experiment_name())
@@ -146,19 +138,19 @@ def train_and_register(
             mlflow.log_params(
                 {
                     "model": "random_forest",
-                    **params,
+                    **result.params,
                     "train_month": train_month,
                     "valid_month": valid_month,
-                    "train_rows": len(train_df),
-                    "valid_rows": len(valid_df),
+                    "train_rows": result.train_rows,
+                    "valid_rows": result.valid_rows,
                 }
             )
-            mlflow.log_metrics({"rmse": score, "fit_seconds": fit_seconds})
+            mlflow.log_metrics({"rmse": result.rmse, "fit_seconds": result.fit_seconds})
             info = mlflow.sklearn.log_model(
                 pipeline,
                 name=MODEL_ARTIFACT,
                 signature=_signature(),
-                input_example=valid_df[list(RIDE_FIELDS)].head(3).reset_index(drop=True),
+                input_example=valid_df[list(features.RAW_FIELDS)].head(3).reset_index(drop=True),
                 pip_requirements=_pip_requirements(),
                 skops_trusted_types=SKOPS_TRUSTED_TYPES,
             )
@@ -171,10 +163,10 @@ def train_and_register(
         run_id,
         info.model_id,
         str(version),
-        score,
+        result.rmse,
         str(experiment_id),
         artifact_uri,
-        fit_seconds=fit_seconds,
+        fit_seconds=result.fit_seconds,
         pipeline=pipeline,
     )
 
@@ -262,16 +254,19 @@ def _register(client, name: str, model_id: str, run_id: str) -> str:
     return client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id).version
 
 
+# MLflow's column type for each kind of raw field (ride_duration.features.DTYPES).
+SIGNATURE_TYPES = {"integer": "long", "number": "double"}
+
+
 def _signature():
+    """The model's input columns: the raw fields ride_duration.features declares, as it declares them."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    return ModelSignature(
-        inputs=Schema(
-            [ColSpec("long", "PULocationID"), ColSpec("long", "DOLocationID"), ColSpec("double", "trip_distance")]
-        ),
-        outputs=Schema([ColSpec("double")]),
-    )
+    from ride_duration import features
+
+    inputs = [ColSpec(SIGNATURE_TYPES[field.kind], name) for name, field in features.RAW_FIELDS.items()]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec("double")]))
 
 
 def _pip_requirements() -> list[str]:
@@ -332,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
         registered = train_and_register() if args.retrain else ensure_registered_model()
-    except ModelNotFound as exc:
+    except (ModelNotFound, config.SettingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     how = f"trained in {registered.fit_seconds:.0f} s" if registered.fit_seconds is not None else "already registered"

@@ -23,7 +23,7 @@ def validate_ride(ride, where: str = "ride") -> dict:
     """Return the ride's raw fields, checked and normalised, or raise InvalidRide."""
     fields = features.RAW_FIELDS  # looked up per call, so a notebook or test may swap the declaration
     if not isinstance(ride, dict):
-        raise InvalidRide(f"{where} must be a JSON object with {', '.join(fields)}, got {_json_type(ride)}")
+        raise InvalidRide(f"{where} must be a JSON object with {', '.join(fields)}, got {json_type(ride)}")
     missing = [name for name in fields if name not in ride]
     if missing:
         raise InvalidRide(f"{where} is missing field(s): {', '.join(missing)}")
@@ -36,7 +36,7 @@ def _integer(value, field: RawField, where: str) -> int:
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRide(f"{where} must be {field.what}, got {_json_type(given)}")
+        raise InvalidRide(f"{where} must be {field.what}, got {json_type(given)}")
     if not field.minimum <= value <= field.maximum:
         raise InvalidRide(f"{where} must be between {_range(field)}, got {value}")
     return value
@@ -44,7 +44,7 @@ def _integer(value, field: RawField, where: str) -> int:
 
 def _number(value, field: RawField, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRide(f"{where} must be {field.what}, got {_json_type(value)}")
+        raise InvalidRide(f"{where} must be {field.what}, got {json_type(value)}")
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidRide(f"{where} must be finite, got {value}")
     try:
@@ -65,7 +65,8 @@ def _range(field: RawField) -> str:
     return f"{low} and {high} {field.unit}".rstrip()
 
 
-def _json_type(value) -> str:
+def json_type(value) -> str:
+    """What a decoded JSON value is, for error messages: "null", "a string ('far')", "a number (10.5)"."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -76,4 +77,5 @@ def _json_type(value) -> str:
         return "a list"
     if isinstance(value, dict):
         return "an object"
-    return repr(value)
+    text = repr(value)
+    return f"a number ({text if len(text) <= 20 else text[:17] + '...'})"

@@ -17,6 +17,9 @@ is read as JSON whatever its Content-Type. Limits, from environment variables [d
 
 MAX_RIDES_PER_REQUEST [1000]     longest list of rides answered in one request (else 400)
 MAX_REQUEST_BYTES [1048576]      largest body read (else 413); 1000 rides take about 70 kB
+REQUEST_READ_TIMEOUT [10]        seconds a client has to send one whole request, headers and
+                                 body, counted from when its connection is ready for it; then
+                                 the server closes the connection (ride_duration/http_worker.py)
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from ride_duration import config
-from ride_duration.rides import InvalidRide, validate_ride
+from ride_duration.rides import InvalidRide, json_type, validate_ride
 
 DEFAULT_MAX_RIDES = 1000
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_READ_TIMEOUT = 10  # seconds; 1000 rides are 70 kB, which a slow mobile link sends in about 1 s
 DISCARD_LIMIT = 16 << 20  # a refused body up to this size is read (and dropped) before the 413
 BODY_KEY = "ride_duration.body"  # where the body read once waits in the WSGI environ
 
@@ -42,6 +46,10 @@ def max_rides_per_request() -> int:
 
 def max_request_bytes() -> int:
     return config.env_int("MAX_REQUEST_BYTES", DEFAULT_MAX_BODY_BYTES)
+
+
+def request_read_timeout() -> int:
+    return config.env_int("REQUEST_READ_TIMEOUT", DEFAULT_READ_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -68,9 +76,9 @@ def guard(app: Flask, limits: Limits) -> None:
 
     @app.before_request
     def read_body():
-        # Read every body before answering, even for an unknown path: gunicorn drains an
-        # unread body after the answer, and that drain can swallow the client's next request
-        # on a keep-alive connection, which then waits for the keep-alive time-out.
+        # Read every body before answering, even for an unknown path: gunicorn's own workers
+        # drain an unread body after the answer, and that drain can swallow the client's next
+        # request on a keep-alive connection, which then waits for the keep-alive time-out.
         whole_body = read_request_body(request.environ, limits.max_body_bytes)
         if whole_body is None:
             return error(413, too_large)
@@ -122,9 +130,7 @@ def parse_rides(body: bytes, max_rides: int) -> tuple[list[dict], bool]:
         if len(payload) > max_rides:
             raise InvalidRide(f"too many rides: at most {max_rides} per request, got {len(payload)}")
         return [validate_ride(ride, where=f"rides[{i}]") for i, ride in enumerate(payload)], False
-    raise InvalidRide(
-        f"the request body must be a JSON object (one ride) or a list of rides, got {_json_kind(payload)}"
-    )
+    raise InvalidRide(f"the request body must be a JSON object (one ride) or a list of rides, got {json_type(payload)}")
 
 
 def read_request_body(environ: dict, max_bytes: int) -> bytes | None:
@@ -133,8 +139,10 @@ def read_request_body(environ: dict, max_bytes: int) -> bytes | None:
     Reads the WSGI input directly (werkzeug's stream wrappers cost more than the model): up
     to Content-Length, or for a chunked body, which the server terminates, up to one byte
     past the limit. A refused body announced by Content-Length is read and dropped when
-    under DISCARD_LIMIT, so that gunicorn has nothing to drain (see guard); a longer
-    one is left to gunicorn, which drains a bounded part and closes the connection.
+    under DISCARD_LIMIT, so that gunicorn's own workers have nothing to drain (see guard); a
+    longer one is left to them, and they drain a bounded part and close the connection. (The
+    services' worker, ride_duration/http_worker.py, hands the app whole bodies, cut one byte
+    past MAX_REQUEST_BYTES, with CONTENT_LENGTH their full size.)
     """
     stream = environ["wsgi.input"]
     length = environ.get("CONTENT_LENGTH")
@@ -142,7 +150,7 @@ def read_request_body(environ: dict, max_bytes: int) -> bytes | None:
         try:
             length = int(length)
         except ValueError:
-            return b""  # gunicorn refuses such a header before the app sees it
+            return b""  # servers refuse such a header before the app sees it
         if length < 0:
             return b""
         if length <= max_bytes:
@@ -163,14 +171,6 @@ def answer(payload) -> Response:
 
 def error(status: int, message: str) -> Response:
     return Response(json.dumps({"error": message}), status=status, mimetype="application/json")
-
-
-def _json_kind(value) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return "a string" if isinstance(value, str) else "a number"
 
 
 def _short(exc: Exception) -> str:

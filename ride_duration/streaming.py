@@ -2,41 +2,37 @@
 
 The Lambda (streaming/lambda_function.py) shows the handler's flow; this module is its
 parts: the settings, decoding and validation, the model call, PutRecords with retries, the
-batch response. Running it all without AWS (a producer, a shard reader, Lambda's
-event-source mapping in-process) is ride_duration.local.event_source, which no image ships.
+dead-letter queue, the batch response, and the event-source mapping's settings. Running it
+all without AWS (a producer, a shard reader, Lambda's event-source mapping in-process) is
+ride_duration.local.event_source, which no image ships.
 
 Environment (defaults in brackets):
 
 RIDE_EVENTS_STREAM_NAME [ride_events]          the stream rides arrive on
 PREDICTIONS_STREAM_NAME [ride_predictions]     the stream predictions are written to
+DEAD_LETTER_QUEUE [ride_events_dead_letter]    the SQS queue (a name or a queue URL) that
+                                               receives every malformed record, and the
+                                               mapping's on-failure records
 MODEL_LOCATION or RUN_ID (set one)             the model (ride_duration.models.load_model):
                                                MODEL_LOCATION an s3://bucket/key.npz or a local
-                                               .npz/.pkl; RUN_ID an MLflow run whose
-                                               compact/model.npz is read from S3: MODEL_BUCKET
-                                               [ride-duration-models], MLFLOW_EXPERIMENT_ID
-                                               [found by listing, which needs s3:ListBucket]
-TEST_RUN [False]                               predict but write nothing
-MALFORMED_RECORDS [report]                     report: log, list under "rejected" and return
-                                               in batchItemFailures (Lambda's contract);
-                                               reject: log and list only, never re-delivered
+                                               .npz (a .pkl only with ALLOW_UNSAFE_PICKLE=1);
+                                               RUN_ID an MLflow run whose compact/model.npz is
+                                               read from S3: MODEL_BUCKET [ride-duration-models],
+                                               MLFLOW_EXPERIMENT_ID [found by listing, which
+                                               needs s3:ListBucket]
+TEST_RUN [False]                               predict but write nothing, anywhere
 PUT_RECORDS_MAX_ATTEMPTS [5]                   PutRecords attempts before a prediction counts
                                                as undelivered
 
 Failure policy (Lambda's ReportBatchItemFailures contract: Lambda retries *every* record from
 the lowest reported sequence number on):
+- A malformed record (not base64 or JSON, a missing or bad field) can never succeed, so it is
+  never reported to Lambda: it goes, with its reason, to the dead-letter queue and the batch
+  goes on. Only if the queue does not take it is it returned in batchItemFailures, so that
+  it is not lost.
 - A prediction that PutRecords still refuses after the retries is *undelivered*: its record
-  goes into batchItemFailures, so Lambda retries it (the records behind it are predicted
-  again: at-least-once, as Kinesis always is).
-- A malformed record (not base64 or JSON, a missing or bad field) does not stop the others:
-  by default it is logged with its reason, listed under "rejected" AND returned in
-  batchItemFailures with its sequence number, as the ReportBatchItemFailures contract asks.
-  It can never succeed, though, so Lambda re-delivers it and every valid record behind it
-  until the mapping's MaximumRetryAttempts run out (the on-failure destination, if any, then
-  gets the batch's description), and those valid rides are predicted and written again
-  each time: at-least-once.
-- MALFORMED_RECORDS=reject is the opt-in for deployments that want each valid ride predicted
-  exactly once: the malformed record is still logged and listed under "rejected", but not
-  returned in batchItemFailures, so Lambda never re-delivers the valid records behind it.
+  goes into batchItemFailures and Lambda retries it. The records behind it in the batch are
+  then delivered again: the one source of duplicate predictions (at least once).
 
 Only numpy, boto3 and the package's light modules are imported here: this is the Lambda's
 cold start.
@@ -51,8 +47,10 @@ import logging
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from ride_duration import config
 from ride_duration.rides import InvalidRide, validate_ride
@@ -62,10 +60,20 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "ride_duration_prediction_model"
 DEFAULT_RIDE_EVENTS_STREAM = "ride_events"
 DEFAULT_PREDICTIONS_STREAM = "ride_predictions"
+DEFAULT_DEAD_LETTER_QUEUE = "ride_events_dead_letter"
 # PutRecords limits: 500 records and 5 MiB a call.
 MAX_RECORDS_PER_CALL = 500
 MAX_BYTES_PER_CALL = 5 * 1024 * 1024
 MAX_PARTITION_KEY_LENGTH = 256
+# SendMessageBatch limits: 10 messages a call; 256 KiB for the call (and a message) on queues
+# that keep the old maximum, which this stays within so any queue takes the messages.
+MAX_MESSAGES_PER_BATCH = 10
+MAX_MESSAGE_BYTES = 256 * 1024
+# A record's data beyond this is cut from its dead letter; the sequence number still finds
+# the whole record in the stream (24 hours by default).
+MAX_DEAD_LETTER_DATA = 192 * 1024
+# Dead letters wait for a reader: SQS's longest retention, 14 days.
+DEAD_LETTER_RETENTION_SECONDS = 14 * 24 * 3600
 # Where Settings.from_env finds the model spec (ride_duration.models.spec_from_env).
 MODEL_SETTINGS = ("MODEL_LOCATION", "RUN_ID")
 # Error codes worth another attempt; anything else (missing stream, no permission) is final.
@@ -79,6 +87,19 @@ RETRYABLE_ERRORS = {
     "ConnectionError",
 }
 
+# The event-source mapping: streaming/setup_aws.py deploys these settings and
+# ride_duration.local.event_source emulates them. A batch that still fails after the retries
+# (or holds records older than the maximum age) is described in the on-failure destination,
+# the dead-letter queue, and skipped. The age stays well inside the stream's 24-hour
+# retention, so the records a description names can still be read from the stream.
+EVENT_SOURCE_MAPPING = {
+    "BatchSize": 100,
+    "FunctionResponseTypes": ["ReportBatchItemFailures"],
+    "BisectBatchOnFunctionError": True,  # halve a batch that raised, to isolate the cause
+    "MaximumRetryAttempts": 3,
+    "MaximumRecordAgeInSeconds": 3600,
+}
+
 
 # ---- configuration ------------------------------------------------------------------
 def ride_events_stream() -> str:
@@ -87,6 +108,10 @@ def ride_events_stream() -> str:
 
 def predictions_stream() -> str:
     return os.environ.get("PREDICTIONS_STREAM_NAME", DEFAULT_PREDICTIONS_STREAM)
+
+
+def dead_letter_queue() -> str:
+    return os.environ.get("DEAD_LETTER_QUEUE", DEFAULT_DEAD_LETTER_QUEUE)
 
 
 def is_test_run() -> bool:
@@ -99,6 +124,19 @@ def kinesis_client():
 
     # One botocore retry per call at most: KinesisWriter does its own, per entry, with backoff.
     return aws.client("kinesis", max_attempts=2)
+
+
+def sqs_client():
+    """An SQS client with the package's deadlines; what it cannot send goes back to Lambda."""
+    from ride_duration import aws
+
+    return aws.client("sqs", max_attempts=2)
+
+
+def utc_timestamp(seconds: float | None = None) -> str:
+    """ISO 8601 in UTC to the millisecond, as Lambda writes its on-failure records."""
+    moment = datetime.fromtimestamp(time.time() if seconds is None else seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # ---- records ------------------------------------------------------------------------
@@ -203,7 +241,7 @@ class KinesisWriter:
                     break
                 self.sleep(delay)
             retry = []
-            for chunk in _chunks(pending, entries):
+            for chunk in _chunks(pending, _entry_size(entries), MAX_RECORDS_PER_CALL, MAX_BYTES_PER_CALL):
                 report.calls += 1
                 failures = self._put_chunk(chunk, entries)
                 report.sent += len(chunk) - len(failures)
@@ -240,19 +278,92 @@ class KinesisWriter:
         ]
 
 
-def _chunks(indices: list[int], entries: list[dict]) -> list[list[int]]:
-    """Split entry indices into PutRecords calls within the count and size limits."""
-    chunks, current, size = [], [], 0
+def _entry_size(entries: list[dict]) -> Callable[[int], int]:
+    return lambda i: len(entries[i]["Data"]) + len(entries[i]["PartitionKey"].encode())
+
+
+def _chunks(indices: list[int], size: Callable[[int], int], max_count: int, max_bytes: int) -> list[list[int]]:
+    """Split indices into calls of at most `max_count` items and `max_bytes` bytes."""
+    chunks, current, total = [], [], 0
     for i in indices:
-        entry_size = len(entries[i]["Data"]) + len(entries[i]["PartitionKey"].encode())
-        if current and (len(current) == MAX_RECORDS_PER_CALL or size + entry_size > MAX_BYTES_PER_CALL):
+        item_size = size(i)
+        if current and (len(current) == max_count or total + item_size > max_bytes):
             chunks.append(current)
-            current, size = [], 0
+            current, total = [], 0
         current.append(i)
-        size += entry_size
+        total += item_size
     if current:
         chunks.append(current)
     return chunks
+
+
+# ---- the dead-letter queue: SQS, SendMessageBatch --------------------------------------
+class DeadLetterQueue:
+    """Sends JSON documents to an SQS queue, given by name or URL (a name is looked up once).
+
+    The handler sends it the malformed records; Lambda's mapping (and the local one) its
+    on-failure records. The queue takes both: Lambda's on-failure destination for a Kinesis
+    mapping may be an SQS queue, so one resource serves both.
+    """
+
+    def __init__(self, queue: str, client=None):
+        self.queue = queue
+        self._client = client
+        self._url = queue if "://" in queue else None
+
+    @property
+    def client(self):
+        # Made at the first dead letter, not at the cold start: most batches never need it.
+        if self._client is None:
+            self._client = sqs_client()
+        return self._client
+
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            self._url = self.client.get_queue_url(QueueName=self.queue)["QueueUrl"]
+        return self._url
+
+    def send(self, documents: list[dict]) -> list[tuple[int, str]]:
+        """(index, why) of every document the queue did not take; [] when it took them all."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bodies = [json.dumps(d) for d in documents]
+        try:
+            url = self.url
+        except (BotoCoreError, ClientError) as exc:
+            return [(i, first_line(exc)) for i in range(len(bodies))]
+        refused = []
+        calls = _chunks(list(range(len(bodies))), lambda i: len(bodies[i]), MAX_MESSAGES_PER_BATCH, MAX_MESSAGE_BYTES)
+        for chunk in calls:
+            try:
+                response = self.client.send_message_batch(
+                    QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": bodies[i]} for i in chunk]
+                )
+            except (BotoCoreError, ClientError) as exc:
+                refused += [(i, first_line(exc)) for i in chunk]
+                continue
+            refused += [(int(f["Id"]), f"{f.get('Code')}: {f.get('Message', '')}") for f in response.get("Failed", [])]
+        return sorted(refused)
+
+
+def first_line(exc: Exception) -> str:
+    """The first line of an error's message: botocore's are one line, a few are more."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def ensure_dead_letter_queue(queue: str | None = None, client=None) -> tuple[str, str]:
+    """Create the dead-letter queue if it does not exist; its (URL, ARN)."""
+    client = client if client is not None else sqs_client()
+    name = (queue or dead_letter_queue()).rstrip("/").rsplit("/", 1)[-1]  # a URL ends with the name
+    try:
+        url = client.create_queue(
+            QueueName=name, Attributes={"MessageRetentionPeriod": str(DEAD_LETTER_RETENTION_SECONDS)}
+        )["QueueUrl"]
+    except client.exceptions.QueueNameExists:  # made elsewhere with other attributes: use it as it is
+        url = client.get_queue_url(QueueName=name)["QueueUrl"]
+    arn = client.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return url, arn
 
 
 # ---- the handler's steps (streaming/lambda_function.py runs them in order) -------------
@@ -262,18 +373,22 @@ class Settings:
 
     model_spec: str  # for ride_duration.models.load_model
     predictions_stream: str
+    dead_letter_queue: str
     test_run: bool  # predict but write nothing
-    report_malformed: bool  # malformed records in batchItemFailures too (MALFORMED_RECORDS=report)
 
     @classmethod
     def from_env(cls) -> Settings:
         from ride_duration.models import spec_from_env
 
         model_spec = spec_from_env(MODEL_SETTINGS)  # first: a missing model is the likeliest mistake
-        policy = os.environ.get("MALFORMED_RECORDS", "report").strip().lower()
-        if policy not in ("reject", "report"):
-            raise ValueError(f"MALFORMED_RECORDS must be report or reject, got {policy!r}")
-        return cls(model_spec, predictions_stream(), is_test_run(), report_malformed=policy == "report")
+        if os.environ.get("MALFORMED_RECORDS", "").strip():
+            # Its old default re-delivered valid rides behind every bad record; refused, not
+            # ignored, so that nobody relies on a policy that no longer exists.
+            raise config.SettingError(
+                "MALFORMED_RECORDS is no longer supported: every malformed record now goes to the dead-letter "
+                "queue (DEAD_LETTER_QUEUE) and never into batchItemFailures; unset MALFORMED_RECORDS"
+            )
+        return cls(model_spec, predictions_stream(), dead_letter_queue(), is_test_run())
 
 
 @dataclass(frozen=True)
@@ -283,83 +398,129 @@ class DecodedRecord:
     ride: dict
 
 
-def decode_records(records: list[dict]) -> tuple[list[DecodedRecord], list[dict]]:
-    """The batch's valid rides, and {"itemIdentifier", "reason"} for each record that holds none.
+@dataclass(frozen=True)
+class RejectedRecord:
+    record: dict  # as the event holds it
+    reason: str
+
+    @property
+    def sequence_number(self) -> str | None:
+        return self.record.get("kinesis", {}).get("sequenceNumber")
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What one step wrote (count) and the sequence numbers it must hand back to Lambda."""
+
+    count: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+def decode_records(records: list[dict]) -> tuple[list[DecodedRecord], list[RejectedRecord]]:
+    """The batch's valid rides, and each record that holds none with the reason.
 
     A bad record is logged and set aside: it never stops the valid ones around it.
     """
     decoded, rejected = [], []
     for record in records:
-        sequence_number = record.get("kinesis", {}).get("sequenceNumber")
         try:
             ride_id, ride = decode_record(record)
         except BadRecord as exc:
-            log.warning("rejected record %s: %s", sequence_number, exc)
-            rejected.append({"itemIdentifier": sequence_number, "reason": str(exc)})
+            bad = RejectedRecord(record, str(exc))
+            log.warning("malformed record %s: %s", bad.sequence_number, bad.reason)
+            rejected.append(bad)
             continue
-        decoded.append(DecodedRecord(sequence_number, ride_id, ride))
+        decoded.append(DecodedRecord(record.get("kinesis", {}).get("sequenceNumber"), ride_id, ride))
     return decoded, rejected
 
 
-def deliver(writer: KinesisWriter, decoded: list[DecodedRecord], predictions: list[dict]) -> list[str]:
-    """Write the predictions (PutRecords, retried); the sequence numbers of the undelivered ones."""
-    if not predictions:
-        return []
+def deliver(writer: KinesisWriter | None, decoded: list[DecodedRecord], predictions: list[dict]) -> Sent:
+    """Write the predictions (PutRecords, retried); None writes nothing (TEST_RUN)."""
+    if writer is None or not predictions:
+        return Sent()
     entries = [{"Data": json.dumps(p).encode(), "PartitionKey": str(d.ride_id)} for p, d in zip(predictions, decoded)]
-    undelivered = []
-    for failure in writer.put(entries).failed:
-        record = decoded[failure.index]
+    report = writer.put(entries)
+    undelivered = [decoded[f.index].sequence_number for f in report.failed]
+    if undelivered:
         log.error(
-            "undelivered prediction for record %s (ride_id %s): %s %s",
-            record.sequence_number,
-            record.ride_id,
-            failure.code,
-            failure.message,
+            "%d of %d predictions undelivered after %d PutRecords attempt(s) (%s): their records go back to "
+            "Lambda to retry, from %s",
+            len(undelivered),
+            len(predictions),
+            writer.max_attempts,
+            _error_counts(f.code for f in report.failed),
+            undelivered[0],
         )
-        undelivered.append(record.sequence_number)
-    return undelivered
+    return Sent(report.sent, undelivered)
+
+
+def dead_letter_document(rejected: RejectedRecord) -> dict:
+    """What the dead-letter queue keeps of a malformed record: where it was, its data, why."""
+    record = rejected.record
+    kinesis = record.get("kinesis", {})
+    data = kinesis.get("data")
+    kept = {
+        "eventSourceARN": record.get("eventSourceARN"),
+        "eventID": record.get("eventID"),
+        "partitionKey": kinesis.get("partitionKey"),
+        "sequenceNumber": kinesis.get("sequenceNumber"),
+        "approximateArrivalTimestamp": kinesis.get("approximateArrivalTimestamp"),
+        "data": data[:MAX_DEAD_LETTER_DATA] if isinstance(data, str) else data,  # base64, as Kinesis delivered it
+    }
+    if isinstance(data, str) and len(data) > MAX_DEAD_LETTER_DATA:
+        kept |= {"dataTruncated": True, "dataLength": len(data)}
+    return {
+        "version": "1.0",
+        "condition": "MalformedRecord",
+        "reason": rejected.reason,
+        "timestamp": utc_timestamp(),
+        "record": kept,
+    }
+
+
+def dead_letter(queue: DeadLetterQueue | None, rejected: list[RejectedRecord]) -> Sent:
+    """Send the malformed records to the dead-letter queue; None sends nothing (TEST_RUN).
+
+    What the queue does not take goes back to Lambda, so that no record is lost.
+    """
+    if queue is None or not rejected:
+        return Sent()
+    refused = queue.send([dead_letter_document(r) for r in rejected])
+    failed = [rejected[i].sequence_number for i, _ in refused]
+    if refused:
+        log.error(
+            "%d of %d malformed records not taken by the dead-letter queue %s (%s): they go back to Lambda to retry",
+            len(refused),
+            len(rejected),
+            queue.queue,
+            _error_counts(why for _, why in refused),
+        )
+    return Sent(len(rejected) - len(refused), failed)
+
+
+def _error_counts(reasons: Iterable[str]) -> str:
+    return ", ".join(f"{count} {reason}" for reason, count in Counter(reasons).most_common(3))
 
 
 def batch_response(
-    records: list[dict], predictions: list[dict], rejected: list[dict], undelivered: list[str], report_malformed: bool
+    records: list[dict], predictions: list[dict], rejected: list[RejectedRecord], delivered: Sent, dead_lettered: Sent
 ) -> dict:
     """The handler's answer; Lambda reads only batchItemFailures, in the batch's order.
 
-    Undelivered predictions always go into batchItemFailures, for Lambda to retry; malformed
-    records too unless report_malformed is False (MALFORMED_RECORDS=reject).
+    batchItemFailures holds the undelivered predictions' records and the malformed records
+    the dead-letter queue did not take. The rest is for people and tests: the predictions,
+    the malformed records with their reasons, and how many of each were written.
     """
-    failed = ([r["itemIdentifier"] for r in rejected] if report_malformed else []) + undelivered
+    failed = delivered.failed + dead_lettered.failed
     order = {r.get("kinesis", {}).get("sequenceNumber"): n for n, r in enumerate(records)}
     failed.sort(key=order.__getitem__)
     return {
         "predictions": predictions,
         "batchItemFailures": [{"itemIdentifier": s} for s in failed],
-        "rejected": rejected,
+        "rejected": [{"itemIdentifier": r.sequence_number, "reason": r.reason} for r in rejected],
+        "written": delivered.count,
+        "dead_lettered": dead_lettered.count,
     }
-
-
-class PredictionService:
-    """The Lambda's steps over a model and writer the caller brings (benchmarks, the demo).
-
-    The deployed handler is streaming/lambda_function.py, which runs the same steps with the
-    model and writer its environment describes; a test checks that the two agree.
-
-    Args:
-        model: anything with `.predict(list_of_rides)` and `.version` (a CompactModel).
-        writer: a KinesisWriter, or None to write nothing (TEST_RUN).
-        report_malformed: see batch_response.
-    """
-
-    def __init__(self, model, writer: KinesisWriter | None = None, report_malformed: bool = True):
-        self.model, self.writer, self.report_malformed = model, writer, report_malformed
-
-    def handle(self, event: dict) -> dict:
-        records = event.get("Records", [])
-        decoded, rejected = decode_records(records)
-        durations = self.model.predict([d.ride for d in decoded]) if decoded else []
-        predictions = [prediction_event(d.ride_id, x, self.model.version) for d, x in zip(decoded, durations)]
-        undelivered = deliver(self.writer, decoded, predictions) if self.writer is not None else []
-        return batch_response(records, predictions, rejected, undelivered, self.report_malformed)
 
 
 # ---- streams: created by the AWS set-up (streaming/setup_aws.py) and by the local loop -----

@@ -4,7 +4,11 @@
                                   [--valid green:2021-02] [--output models/]
 
 writes <output>/<name>.pkl (the scikit-learn pipeline) and <name>.npz (its compact serving
-export, see ride_duration.compact) and prints the validation RMSE.
+export, see ride_duration.compact) and prints the validation RMSE. The services load the .npz;
+the .pkl is for scikit-learn itself, and ride_duration.models loads it only with
+ALLOW_UNSAFE_PICKLE=1 (unpickling runs whatever code a file holds).
+
+`train` is the one fitting step: ride_duration.registry calls it too before logging to MLflow.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import argparse
 import pickle
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +33,19 @@ TARGET = "duration"
 FOREST_PARAMS = {"max_depth": 20, "n_estimators": 100, "min_samples_leaf": 10, "random_state": 0}
 
 
-def regressor(kind: str):
-    makers = {
-        "linear": LinearRegression,
-        "lasso": lambda: Int32Lasso(alpha=0.01),
-        "forest": lambda: RandomForestRegressor(n_jobs=-1, **FOREST_PARAMS),
-    }
-    if kind not in makers:
-        raise ValueError(f"unknown model kind {kind!r}: choose one of {', '.join(makers)}")
-    return makers[kind]()
+def model_params(kind: str, overrides: dict | None = None) -> dict:
+    """The regressor's settings for `kind`: this module's defaults, then `overrides`."""
+    defaults = {"linear": {}, "lasso": {"alpha": 0.01}, "forest": FOREST_PARAMS}
+    if kind not in defaults:
+        raise ValueError(f"unknown model kind {kind!r}: choose one of {', '.join(defaults)}")
+    return {**defaults[kind], **(overrides or {})}
+
+
+def regressor(kind: str, params: dict | None = None):
+    """An unfitted regressor of `kind` with model_params(kind, params)."""
+    # n_jobs is how to fit (every core), not what is fitted: not among the logged settings.
+    makers = {"linear": LinearRegression, "lasso": Int32Lasso, "forest": partial(RandomForestRegressor, n_jobs=-1)}
+    return makers[kind](**model_params(kind, params))
 
 
 class Int32Lasso(Lasso):
@@ -48,8 +57,8 @@ class Int32Lasso(Lasso):
         return super().fit(X, y, **kwargs)
 
 
-def fit(kind: str, train_df):
-    pipeline = make_pipeline(regressor(kind))
+def fit(kind: str, train_df, params: dict | None = None):
+    pipeline = make_pipeline(regressor(kind, params))
     return pipeline.fit(train_df, train_df[TARGET].to_numpy())
 
 
@@ -64,6 +73,7 @@ class TrainingResult:
     fit_seconds: float
     train_rows: int
     valid_rows: int
+    params: dict  # the regressor's settings (model_params), as an MLflow run logs them
 
 
 def parse_month(text: str) -> tuple[str, int, int]:
@@ -73,18 +83,32 @@ def parse_month(text: str) -> tuple[str, int, int]:
     return taxi_type, int(year), int(month)
 
 
-def train(
-    kind: str = "linear", train_month: str = "green:2021-01", valid_month: str = "green:2021-02"
-) -> TrainingResult:
+def read_months(train_month: str, valid_month: str) -> tuple:
+    """The cleaned rides of the month to fit on and of the month to validate on."""
     from ride_duration.data import read_trips
 
-    train_df, _ = read_trips(*parse_month(train_month))
-    valid_df, _ = read_trips(*parse_month(valid_month))
+    return read_trips(*parse_month(train_month))[0], read_trips(*parse_month(valid_month))[0]
+
+
+def train(
+    kind: str = "linear",
+    train_month: str = "green:2021-01",
+    valid_month: str = "green:2021-02",
+    *,
+    data: tuple | None = None,
+    params: dict | None = None,
+) -> TrainingResult:
+    """Fit a `kind` pipeline on the first month and score it on the second.
+
+    data: (train_df, valid_df) already read, instead of the months; params: overrides of the
+    regressor's settings (model_params).
+    """
+    train_df, valid_df = data if data is not None else read_months(train_month, valid_month)
     started = time.perf_counter()
-    pipeline = fit(kind, train_df)
+    pipeline = fit(kind, train_df, params)
     fit_seconds = time.perf_counter() - started
     score = rmse(valid_df[TARGET], pipeline.predict(valid_df))
-    return TrainingResult(pipeline, score, fit_seconds, len(train_df), len(valid_df))
+    return TrainingResult(pipeline, score, fit_seconds, len(train_df), len(valid_df), model_params(kind, params))
 
 
 def save(pipeline, directory: Path, name: str) -> tuple[Path, Path]:

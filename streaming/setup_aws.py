@@ -1,19 +1,25 @@
 """Create, update or remove the streaming deployment on AWS; running it twice changes nothing.
 
     python streaming/setup_aws.py up --image-uri <ECR image URI>   # create or update
-    python streaming/setup_aws.py down                             # remove all of it
+    python streaming/setup_aws.py down                             # remove it
 
-`up` makes: the IAM role (AWSLambdaKinesisExecutionRole to read the events stream and
-write logs, plus an inline policy that may read the model bucket and write the predictions
-stream, nothing else), the two streams, the function from the container image with its
+`up` makes: the two streams, the dead-letter queue (SQS), the IAM role with one inline
+policy that names every resource it may touch (read the events stream, write the
+predictions stream, send to the queue, write the function's logs, read the model object:
+nothing else, and no managed policy), the function from the container image with its
 environment, memory and timeout, and the event-source mapping from the events stream with
-ReportBatchItemFailures. `down` removes them in reverse order (the model bucket stays).
+the settings of ride_duration.streaming.EVENT_SOURCE_MAPPING (partial batch responses,
+bisect on error, bounded retries, a maximum record age) and the queue as its on-failure
+destination. `down` removes them in reverse order; the model bucket stays, and so does the
+queue while it holds dead letters (read them first: streaming/README.md).
 
 Environment (defaults in brackets): FUNCTION_NAME [ride-duration-stream], ROLE_NAME
 [lambda-kinesis-role], IMAGE_URI (or --image-uri), RIDE_EVENTS_STREAM_NAME [ride_events],
-PREDICTIONS_STREAM_NAME [ride_predictions], the model: MODEL_LOCATION, or RUN_ID +
-MLFLOW_EXPERIMENT_ID + MODEL_BUCKET [ride-duration-models]. boto3 finds the account and
-region as usual (AWS_PROFILE, AWS_DEFAULT_REGION; AWS_ENDPOINT_URL for the stand-in).
+PREDICTIONS_STREAM_NAME [ride_predictions], DEAD_LETTER_QUEUE [ride_events_dead_letter],
+the model: MODEL_LOCATION=s3://..., or RUN_ID + MLFLOW_EXPERIMENT_ID + MODEL_BUCKET
+[ride-duration-models]. boto3 finds the account and region as usual (AWS_PROFILE,
+AWS_DEFAULT_REGION; AWS_ENDPOINT_URL for the stand-in); every call has the deadlines of
+ride_duration.aws.
 """
 
 from __future__ import annotations
@@ -23,12 +29,9 @@ import json
 import os
 import time
 
-import boto3
+from ride_duration import aws, config, streaming
+from ride_duration.models import RUN_ID, ModelNotFound, run_artifact_url, spec_from_env, split_s3_url
 
-from ride_duration import config, streaming
-from ride_duration.models import ModelNotFound, spec_from_env, split_s3_url
-
-KINESIS_EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AWSLambdaKinesisExecutionRole"
 INLINE_POLICY_NAME = "ride-duration-stream-access"
 # The cold start's time and peak memory are in the README's Performance section
 # (benchmarks/streaming.py). 128 MB would hold it, but Lambda's CPU share grows with memory
@@ -36,12 +39,11 @@ INLINE_POLICY_NAME = "ride-duration-stream-access"
 # about the same cost per batch.
 MEMORY_MB = 256
 # Worst case per batch: a cold start on that CPU share (~5 s), KinesisWriter's retries
-# (no new attempt after 10 s) plus one call in flight (at most 2 x (3 s connect + 5 s read)).
-# Lambda's 3 s default is what the course's function overran.
-TIMEOUT_S = 30
-BATCH_SIZE = 100
-# Retries of a batch whose predictions could not be delivered; then Lambda moves on.
-MAXIMUM_RETRY_ATTEMPTS = 3
+# (no new attempt after 10 s) plus one call in flight (at most 2 x (3 s connect + 5 s read)),
+# then the dead-letter queue's call (at most 2 x 8 s): 47 s. A timeout is only a function
+# error, retried, but the budget avoids it. Lambda's 3 s default is what the course's
+# function overran.
+TIMEOUT_S = 60
 LAMBDA_TRUST = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}],
@@ -57,58 +59,96 @@ def role_name() -> str:
     return os.environ.get("ROLE_NAME", "lambda-kinesis-role")
 
 
-def function_environment() -> dict[str, str]:
-    """What the function needs to find its model and its output stream."""
+def function_environment(queue_url: str) -> dict[str, str]:
+    """What the function needs to find its model, its output stream and its dead-letter queue."""
     variables = {name: os.environ[name] for name in MODEL_VARIABLES if os.environ.get(name)}
     variables["PREDICTIONS_STREAM_NAME"] = streaming.predictions_stream()
+    variables["DEAD_LETTER_QUEUE"] = queue_url  # a URL: the function needs no sqs:GetQueueUrl
     return variables
 
 
-def model_bucket() -> str:
-    """The bucket the function reads its model from, for its role's policy."""
+def model_object_arn() -> str:
+    """The one S3 object the function reads its model from, for its role's policy."""
     spec = spec_from_env(streaming.MODEL_SETTINGS)
     if spec.startswith("s3://"):
-        return split_s3_url(spec)[0]
-    # The role may read objects, not list the bucket: the experiment must be given.
-    if os.environ.get("RUN_ID") and os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        return config.model_bucket()
+        bucket, key = split_s3_url(spec)
+        return f"arn:aws:s3:::{bucket}/{key}"
+    # The role may read that object only, not list the bucket: the experiment must be given.
+    experiment = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    if RUN_ID.fullmatch(spec) and experiment:
+        bucket, key = split_s3_url(run_artifact_url(config.model_bucket(), experiment, spec))
+        return f"arn:aws:s3:::{bucket}/{key}"
     raise ModelNotFound(
         f"the function can only read its model from S3, not {spec}: set MODEL_LOCATION=s3://... "
-        "or RUN_ID and MLFLOW_EXPERIMENT_ID"
+        "or RUN_ID (a run id) and MLFLOW_EXPERIMENT_ID"
     )
 
 
-def access_policy(bucket: str, predictions_arn: str) -> dict:
+def log_group_arn(events_arn: str) -> str:
+    """The function's log group (Lambda writes to /aws/lambda/<name>), in the stream's region and account."""
+    region, account = events_arn.split(":")[3:5]
+    return f"arn:aws:logs:{region}:{account}:log-group:/aws/lambda/{function_name()}"
+
+
+def access_policy(events_arn: str, predictions_arn: str, queue_arn: str, model_arn: str, logs_arn: str) -> dict:
+    """The role's whole permission, every resource named."""
     return {
         "Version": "2012-10-17",
         "Statement": [
-            {"Sid": "ReadModel", "Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/*"},
+            {
+                "Sid": "ReadRideEvents",  # what Lambda's event-source mapping calls
+                "Effect": "Allow",
+                "Action": [
+                    "kinesis:DescribeStream",
+                    "kinesis:DescribeStreamSummary",
+                    "kinesis:GetRecords",
+                    "kinesis:GetShardIterator",
+                    "kinesis:ListShards",
+                ],
+                "Resource": events_arn,
+            },
             {
                 "Sid": "WritePredictions",
                 "Effect": "Allow",
                 "Action": ["kinesis:PutRecord", "kinesis:PutRecords"],
                 "Resource": predictions_arn,
             },
+            {
+                # The handler's malformed records, and the mapping's on-failure records.
+                "Sid": "SendDeadLetters",
+                "Effect": "Allow",
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+            },
+            {
+                "Sid": "WriteLogs",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": [logs_arn, f"{logs_arn}:*"],  # the group, and its streams
+            },
+            {"Sid": "ReadModel", "Effect": "Allow", "Action": "s3:GetObject", "Resource": model_arn},
         ],
     }
 
 
-def up(image_uri: str, session=None) -> dict:
-    """Create or update everything; returns the ARNs and the mapping's UUID."""
-    session = session or boto3.session.Session()
-    bucket = model_bucket()
-    iam, kinesis, lam = session.client("iam"), session.client("kinesis"), session.client("lambda")
+def up(image_uri: str) -> dict:
+    """Create or update everything; returns the ARNs, the queue's URL and the mapping's UUID."""
+    model_arn = model_object_arn()  # first: refuse a model the function could not read
+    iam, kinesis, lam, sqs = (aws.client(name) for name in ("iam", "kinesis", "lambda", "sqs"))
     events_arn, predictions_arn = streaming.ensure_streams(
         [streaming.ride_events_stream(), streaming.predictions_stream()], client=kinesis
     )
-    role_arn = ensure_role(iam, access_policy(bucket, predictions_arn))
-    function_arn = ensure_function(lam, image_uri, role_arn)
-    mapping = ensure_mapping(lam, events_arn)
+    queue_url, queue_arn = streaming.ensure_dead_letter_queue(client=sqs)
+    policy = access_policy(events_arn, predictions_arn, queue_arn, model_arn, log_group_arn(events_arn))
+    role_arn = ensure_role(iam, policy)
+    function_arn = ensure_function(lam, image_uri, role_arn, queue_url)
+    mapping = ensure_mapping(lam, events_arn, queue_arn)
     return {
         "role": role_arn,
         "function": function_arn,
         "events_stream": events_arn,
         "predictions_stream": predictions_arn,
+        "dead_letter_queue": queue_url,
         "event_source_mapping": mapping,
     }
 
@@ -123,17 +163,22 @@ def ensure_role(iam, policy: dict) -> str:
     except iam.exceptions.EntityAlreadyExistsException:
         iam.update_assume_role_policy(RoleName=role_name(), PolicyDocument=json.dumps(LAMBDA_TRUST))
         role_arn = iam.get_role(RoleName=role_name())["Role"]["Arn"]
-    iam.attach_role_policy(RoleName=role_name(), PolicyArn=KINESIS_EXECUTION_POLICY)
     iam.put_role_policy(RoleName=role_name(), PolicyName=INLINE_POLICY_NAME, PolicyDocument=json.dumps(policy))
+    _detach_managed_policies(iam)  # earlier versions attached AWSLambdaKinesisExecutionRole ("*" resources)
     return role_arn
 
 
-def ensure_function(lam, image_uri: str, role_arn: str) -> str:
+def _detach_managed_policies(iam) -> None:
+    for attached in iam.list_attached_role_policies(RoleName=role_name())["AttachedPolicies"]:
+        iam.detach_role_policy(RoleName=role_name(), PolicyArn=attached["PolicyArn"])
+
+
+def ensure_function(lam, image_uri: str, role_arn: str, queue_url: str) -> str:
     settings = {
         "Role": role_arn,
         "MemorySize": MEMORY_MB,
         "Timeout": TIMEOUT_S,
-        "Environment": {"Variables": function_environment()},
+        "Environment": {"Variables": function_environment(queue_url)},
     }
     try:
         current = lam.get_function(FunctionName=function_name())
@@ -169,11 +214,11 @@ def _retry_until_role_usable(lam, create, attempts: int = 10):
             time.sleep(3)
 
 
-def ensure_mapping(lam, events_arn: str) -> str:
+def ensure_mapping(lam, events_arn: str, queue_arn: str) -> str:
     settings = {
-        "BatchSize": BATCH_SIZE,
-        "MaximumRetryAttempts": MAXIMUM_RETRY_ATTEMPTS,
-        "FunctionResponseTypes": ["ReportBatchItemFailures"],
+        **streaming.EVENT_SOURCE_MAPPING,
+        # A batch that exhausts its retries (or its records' age) is described here, not just skipped.
+        "DestinationConfig": {"OnFailure": {"Destination": queue_arn}},
         "Enabled": True,
     }
     existing = lam.list_event_source_mappings(FunctionName=function_name(), EventSourceArn=events_arn)[
@@ -188,10 +233,11 @@ def ensure_mapping(lam, events_arn: str) -> str:
     )["UUID"]
 
 
-def down(session=None) -> list[str]:
-    """Remove the mapping, the function, the role and the streams; what was removed."""
-    session = session or boto3.session.Session()
-    iam, kinesis, lam = session.client("iam"), session.client("kinesis"), session.client("lambda")
+def down() -> list[str]:
+    """Remove the mapping, the function, the role, the streams and an empty queue.
+
+    Returns a line for each: "removed ...", or "kept queue ..." for a queue holding dead letters."""
+    iam, kinesis, lam, sqs = (aws.client(name) for name in ("iam", "kinesis", "lambda", "sqs"))
     removed = []
     try:
         mappings = lam.list_event_source_mappings(FunctionName=function_name())["EventSourceMappings"]
@@ -199,23 +245,20 @@ def down(session=None) -> list[str]:
         mappings = []
     for mapping in mappings:
         lam.delete_event_source_mapping(UUID=mapping["UUID"])
-        removed.append(f"event-source mapping {mapping['UUID']}")
+        removed.append(f"removed event-source mapping {mapping['UUID']}")
     try:
         lam.delete_function(FunctionName=function_name())
-        removed.append(f"function {function_name()}")
+        removed.append(f"removed function {function_name()}")
     except lam.exceptions.ResourceNotFoundException:
         pass
     try:
-        iam.detach_role_policy(RoleName=role_name(), PolicyArn=KINESIS_EXECUTION_POLICY)
-    except iam.exceptions.NoSuchEntityException:
-        pass
-    try:
+        _detach_managed_policies(iam)
         iam.delete_role_policy(RoleName=role_name(), PolicyName=INLINE_POLICY_NAME)
     except iam.exceptions.NoSuchEntityException:
         pass
     try:
         iam.delete_role(RoleName=role_name())
-        removed.append(f"role {role_name()}")
+        removed.append(f"removed role {role_name()}")
     except iam.exceptions.NoSuchEntityException:
         pass
     for name in (streaming.ride_events_stream(), streaming.predictions_stream()):
@@ -224,8 +267,26 @@ def down(session=None) -> list[str]:
         except kinesis.exceptions.ResourceNotFoundException:
             continue
         kinesis.get_waiter("stream_not_exists").wait(StreamName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 120})
-        removed.append(f"stream {name}")
+        removed.append(f"removed stream {name}")
+    removed += _remove_queue_if_empty(sqs)
     return removed
+
+
+def _remove_queue_if_empty(sqs) -> list[str]:
+    """Dead letters are the only copy of what the stream could not use: a queue holding some stays."""
+    name = streaming.dead_letter_queue().rstrip("/").rsplit("/", 1)[-1]
+    try:
+        url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    except sqs.exceptions.QueueDoesNotExist:
+        return []
+    counts = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    held = sum(int(counts.get(key, 0)) for key in counts)
+    if held:
+        return [f"kept queue {url}: it holds {held} dead letter(s); read them, then delete it (aws sqs delete-queue)"]
+    sqs.delete_queue(QueueUrl=url)
+    return [f"removed queue {name}"]
 
 
 def main(argv=None) -> None:
@@ -245,8 +306,7 @@ def main(argv=None) -> None:
         except ModelNotFound as exc:
             parser.error(str(exc))
     else:
-        removed = down()
-        print("\n".join(f"removed {what}" for what in removed) or "nothing to remove")
+        print("\n".join(down()) or "nothing to remove")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,8 @@
-"""Helpers for the streaming tests: a model on the S3 stand-in, fresh Lambda modules, events."""
+"""Helpers for the streaming tests: a model on the S3 stand-in, fresh Lambda modules, events, queues."""
 
 from __future__ import annotations
 
 import base64
-import importlib.util
-import itertools
 import json
 import uuid
 from pathlib import Path
@@ -12,10 +10,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-LAMBDA_FILE = REPO / "streaming" / "lambda_function.py"
 TEST_EVENT = REPO / "streaming" / "event.json"
 COURSE_RIDE = {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}
-_names = itertools.count()
+# What the Lambda reads; cleared before each cold start so that the outer environment does not leak in.
+LAMBDA_SETTINGS = (
+    "MODEL_LOCATION",
+    "RUN_ID",
+    "MLFLOW_EXPERIMENT_ID",
+    "TEST_RUN",
+    "MALFORMED_RECORDS",
+    "DEAD_LETTER_QUEUE",
+    "PREDICTIONS_STREAM_NAME",
+)
 
 
 def unique(prefix: str) -> str:
@@ -49,14 +55,34 @@ def model_on_s3(aws_endpoint, compact_linear) -> str:
 
 def load_lambda(monkeypatch, **env):
     """streaming/lambda_function.py imported afresh (a cold start) with this environment."""
-    for name in ("MODEL_LOCATION", "RUN_ID", "MLFLOW_EXPERIMENT_ID", "TEST_RUN", "MALFORMED_RECORDS"):
+    from ride_duration.local.streaming_demo import import_lambda_function
+
+    for name in LAMBDA_SETTINGS:
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, str(value))
-    spec = importlib.util.spec_from_file_location(f"lambda_function_{next(_names)}", LAMBDA_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_lambda_function()
+
+
+def new_queue(prefix: str = "dead-letters") -> str:
+    """A fresh dead-letter queue on the SQS stand-in; its URL."""
+    from ride_duration import streaming
+
+    return streaming.ensure_dead_letter_queue(unique(prefix))[0]
+
+
+def read_queue(url: str) -> list[dict]:
+    """Every message body in the queue, parsed, and the messages deleted (moto reads a short queue faster)."""
+    import boto3
+
+    sqs, bodies = boto3.client("sqs"), []
+    while True:
+        messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60).get("Messages", [])
+        if not messages:
+            return bodies
+        bodies += [json.loads(m["Body"]) for m in messages]
+        entries = [{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(messages)]
+        sqs.delete_message_batch(QueueUrl=url, Entries=entries)
 
 
 def record(payload: bytes | str, sequence_number: str, partition_key: str = "k") -> dict:

@@ -98,8 +98,9 @@ def test_output_matches_the_training_pipeline_on_the_named_month(model_npz, line
     assert result.report.rows_out == len(february)
 
 
-def test_a_pickled_pipeline_and_its_export_score_alike(model_files, output, tmp_path):
+def test_a_pickled_pipeline_and_its_export_score_alike(model_files, output, tmp_path, monkeypatch):
     pkl, npz = model_files
+    monkeypatch.setenv("ALLOW_UNSAFE_PICKLE", "1")  # the test's own pickle: trusted
     from_pkl = pd.read_parquet(batch.score_month("green", 2021, 2, pkl, output, progress=False).location)
     from_npz = pd.read_parquet(batch.score_month("green", 2021, 2, npz, tmp_path / "npz", progress=False).location)
     np.testing.assert_allclose(from_pkl["predicted_duration"], from_npz["predicted_duration"], rtol=0, atol=1e-12)
@@ -434,7 +435,8 @@ def test_backfill_cli_reports_failed_months_and_does_the_rest(model_npz, output,
     out, err = capsys.readouterr()
     assert code == 1
     assert "green 2021-02 scored" in out and "green 2021-03 failed" in out
-    assert "1 month(s) failed: 2021-03" in err
+    assert "2 month(s): 1 scored, 0 already written, 1 failed" in err
+    assert "  2021-03: " in err and "green_tripdata_2021-03.parquet" in err
     assert set(month_files(output)) == {"month=02"}
     assert backfill.main([*"--from 2021-02 --to 2021-01 --taxi-type green".split(), *model_and_output]) == 1
     assert "range is empty" in capsys.readouterr().err

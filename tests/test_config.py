@@ -43,3 +43,17 @@ def test_atomic_path_replaces_the_file_only_when_the_block_succeeds(tmp_path):
         raise RuntimeError("the writer died")
     assert target.read_bytes() == b"first"
     assert [p.name for p in target.parent.iterdir()] == ["model.npz"]  # no staging file left
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_atomic_path_gives_the_mode_open_would(tmp_path, umask, mode):
+    import os
+
+    target = tmp_path / "model.npz"
+    previous = os.umask(umask)
+    try:
+        with atomic_path(target) as staging:
+            staging.write_bytes(b"model")
+    finally:
+        os.umask(previous)
+    assert target.stat().st_mode & 0o777 == mode

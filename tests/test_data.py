@@ -10,7 +10,7 @@ import threading
 import pandas as pd
 import pytest
 
-from ride_duration import data
+from ride_duration import data, features
 
 JANUARY = "green_tripdata_2021-01.parquet"
 
@@ -136,12 +136,17 @@ def test_cleaning_report_counts_every_dropped_row(tlc_mirror):
     raw = pd.read_parquet(tlc_mirror / JANUARY)
     clean, report = data.clean_trips(raw)
     minutes = (raw.lpep_dropoff_datetime - raw.lpep_pickup_datetime).dt.total_seconds() / 60
+    # January 2021 has no missing values and no unknown zones, but distance typos (up to 244,152 miles).
+    typo = ~raw.trip_distance.between(0, features.MAX_TRIP_DISTANCE)
     assert report.rows_in == len(raw) == 76_518
-    assert report.rows_out == len(clean) == 73_908
-    assert report.dropped["shorter than 1 min"] == (minutes < 1).sum()
-    assert report.dropped["longer than 60 min"] == (minutes > 60).sum()
+    assert report.rows_out == len(clean) == 73_846
+    assert report.dropped["trip_distance outside 0..100 miles"] == typo.sum() == 63
+    # Each row is counted once, under the first rule it breaks: the distance, then the duration.
+    assert report.dropped["shorter than 1 min"] == (~typo & (minutes < 1)).sum()
+    assert report.dropped["longer than 60 min"] == (~typo & (minutes > 60)).sum()
     assert clean.duration.between(1, 60).all()
-    assert "73,908 kept" in str(report)
+    assert clean.trip_distance.between(0, features.MAX_TRIP_DISTANCE).all()
+    assert "73,846 kept" in str(report)
 
 
 def test_rows_missing_values_are_dropped_and_reported(tlc_mirror):
@@ -168,7 +173,7 @@ def test_location_ids_of_either_width_give_the_same_result(tlc_mirror, dtype):
 def test_yellow_datetime_columns_are_understood(tlc_mirror):
     raw = pd.read_parquet(tlc_mirror / JANUARY).rename(columns=lambda c: c.replace("lpep_", "tpep_"))
     clean, report = data.clean_trips(raw)
-    assert report.rows_out == 73_908
+    assert report.rows_out == 73_846
 
 
 @pytest.mark.parametrize("column", ["PULocationID", "trip_distance", "lpep_dropoff_datetime"])
@@ -176,3 +181,42 @@ def test_missing_required_column_is_named(tlc_mirror, column):
     raw = pd.read_parquet(tlc_mirror / JANUARY).drop(columns=[column])
     with pytest.raises(data.DataError, match=column.replace("lpep_dropoff_datetime", "pickup/drop-off")):
         data.clean_trips(raw)
+
+
+def test_a_mirror_folder_that_does_not_exist_is_named(cache, tmp_path, monkeypatch):
+    missing = tmp_path / "no-such-mirror"
+    monkeypatch.setenv("TLC_MIRROR", str(missing))
+    with pytest.raises(data.DataError) as error:
+        data.trip_file("green", 2021, 1)
+    message = str(error.value)
+    assert f"TLC_MIRROR={missing}: no such folder" in message and JANUARY in message and "\n" not in message
+
+
+def test_zone_ids_outside_the_zone_table_are_dropped_and_counted(tlc_mirror):
+    raw = pd.read_parquet(tlc_mirror / JANUARY).head(10).copy()
+    raw["PULocationID"] = raw["PULocationID"].astype("float64")  # as a file with a missing id holds them
+    raw.loc[0, "PULocationID"] = 0
+    raw.loc[1, "PULocationID"] = 266
+    raw.loc[2, "PULocationID"] = 74.5
+    raw.loc[3, "DOLocationID"] = 2**32 + 75
+    raw.loc[4, "PULocationID"] = None  # missing: counted as missing, not as outside
+    clean, report = data.clean_trips(raw)
+    assert report.dropped["zone id outside 1..265"] == 4
+    assert report.dropped["missing location, distance or time"] == 1
+    assert clean["PULocationID"].between(1, 265).all() and clean["DOLocationID"].between(1, 265).all()
+    assert report.rows_out == len(clean) and report.rows_in == 10
+
+
+@pytest.mark.parametrize("column", ["lpep_pickup_datetime", "trip_distance", "PULocationID"])
+def test_a_string_typed_column_is_a_clear_error(tlc_mirror, column):
+    raw = pd.read_parquet(tlc_mirror / JANUARY).head(100)
+    raw[column] = raw[column].astype(str)
+    with pytest.raises(data.DataError, match=f"column {column} holds .*, not (date-times|numbers)"):
+        data.clean_trips(raw)
+
+
+def test_a_file_of_another_taxi_type_is_named_with_both_types(tlc_mirror):
+    raw = pd.read_parquet(tlc_mirror / JANUARY).head(100)
+    with pytest.raises(data.DataError, match=r"these are green trips \(lpep_.*\), not yellow \(tpep_"):
+        data.clean_trips(raw, "yellow")
+    assert data.clean_trips(raw, "green")[1].rows_in == 100

@@ -54,7 +54,7 @@ def test_a_swapped_feature_definition_serves_as_scikit_learn_predicts(monkeypatc
     compact = CompactModel.from_bytes(CompactModel.from_pipeline(pipeline, version="swapped").to_bytes())
     assert compact.feature_names == set(definition([]))
     expected = pipeline.predict(valid)
-    np.testing.assert_allclose(compact.predict_frame(valid), expected, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(compact.predict(valid), expected, rtol=0, atol=1e-9)
     rides = valid[list(features.RIDE_FIELDS)].to_dict("records")
     np.testing.assert_allclose(compact.predict(rides), expected, rtol=0, atol=1e-9)
     few = features.FEW_RIDES  # a request's few rides take a path of their own
@@ -70,11 +70,12 @@ def test_a_model_fitted_on_other_features_is_refused_at_load(monkeypatch, model_
         load_compact(npz)
 
 
-def test_a_freshly_trained_model_file_round_trips(model_files, linear_pipeline, trips):
+def test_a_freshly_trained_model_file_round_trips(model_files, linear_pipeline, trips, monkeypatch):
     pkl, npz = model_files
     valid = trips[1]
+    monkeypatch.setenv("ALLOW_UNSAFE_PICKLE", "1")  # the pipeline just pickled by train.save
     for model in (load_compact(npz), load_compact(pkl)):
-        np.testing.assert_allclose(model.predict_frame(valid), linear_pipeline.predict(valid), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(model.predict(valid), linear_pipeline.predict(valid), rtol=0, atol=1e-9)
     with np.load(npz, allow_pickle=False) as arrays:
         assert int(arrays["format"]) == 2 and str(arrays["kind"]) == "linear"
 
@@ -131,3 +132,16 @@ def test_a_raw_field_declared_once_is_validated(monkeypatch):
 def test_an_unknown_raw_field_kind_fails_where_it_is_declared():
     with pytest.raises(ValueError, match="unknown raw field kind 'text'"):
         RawField("text", 0, 1, "a text")
+
+
+def test_the_registered_signature_follows_the_declared_raw_fields(monkeypatch):
+    from ride_duration.registry import _signature
+
+    def columns():
+        return [(column["name"], column["type"]) for column in _signature().inputs.to_dict()]
+
+    assert columns() == [("PULocationID", "long"), ("DOLocationID", "long"), ("trip_distance", "double")]
+    passengers = RawField("integer", 0, 9, "a whole number of passengers")
+    fare = RawField("number", 0, 1000, "an amount of dollars")
+    monkeypatch.setattr(features, "RAW_FIELDS", {**features.RAW_FIELDS, "passenger_count": passengers, "fare": fare})
+    assert columns()[3:] == [("passenger_count", "long"), ("fare", "double")]

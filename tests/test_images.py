@@ -12,7 +12,7 @@ from docker_support import REPO, context_files, copy_sources, dockerfiles, ignor
 
 LOCAL = "ride_duration/local"
 # What the web services and the Lambda import; each must load without the local tooling.
-SERVING_MODULES = ["compact", "config", "features", "models", "rides", "streaming", "service"]
+SERVING_MODULES = ["aws", "compact", "config", "features", "http_worker", "models", "rides", "streaming", "service"]
 
 
 def test_every_image_recipe_is_found():

@@ -146,25 +146,59 @@ def test_ensure_registered_model_reuses_the_alias(registered):
 
 def test_a_model_without_compact_export_is_served_by_mlflow_and_exported_for_batch(registered, rides):
     """A version registered by other means (e.g. from the UI) still serves."""
+    spec, run_id = register_without_export(
+        registered, "test-uploaded", registered.pipeline, skops_trusted_types=registry.SKOPS_TRUSTED_TYPES
+    )
+    model = load_model(spec)
+    assert isinstance(model, MlflowModel)
+    assert model.version == run_id
+    np.testing.assert_allclose(model.predict(rides), registered.pipeline.predict(rides), rtol=0, atol=1e-9)
+    compact = model.to_compact()
+    assert compact.version == run_id
+    np.testing.assert_allclose(compact.predict(rides), registered.pipeline.predict(rides), rtol=0, atol=1e-9)
+
+
+def register_without_export(registered, name: str, model, **log_kwargs) -> tuple[str, str]:
+    """`model` logged by MLflow alone (no compact export) and registered as `name`: (its URI, its run id)."""
     import mlflow
     import mlflow.sklearn
 
     with mlflow.start_run(experiment_id=registered.experiment_id) as run:
-        info = mlflow.sklearn.log_model(
-            registered.pipeline,
-            name="model",
-            skops_trusted_types=registry.SKOPS_TRUSTED_TYPES,
-            pip_requirements=["scikit-learn"],
-        )
-    mlflow.MlflowClient().create_registered_model("test-uploaded")
-    mlflow.MlflowClient().create_model_version("test-uploaded", info.model_uri, run.info.run_id, model_id=info.model_id)
-    model = load_model("models:/test-uploaded/1")
-    assert isinstance(model, MlflowModel)
-    assert model.version == run.info.run_id
+        info = mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"], **log_kwargs)
+    mlflow.MlflowClient().create_registered_model(name)
+    mlflow.MlflowClient().create_model_version(name, info.model_uri, run.info.run_id, model_id=info.model_id)
+    return f"models:/{name}/1", run.info.run_id
+
+
+def test_a_pickled_mlflow_model_loads_only_when_opted_in(registered, rides, monkeypatch):
+    from ride_duration.models import UnsafeModelRefused
+
+    spec, run_id = register_without_export(
+        registered, "test-pickled", registered.pipeline, serialization_format="pickle"
+    )
+    monkeypatch.delenv("ALLOW_UNSAFE_PICKLE", raising=False)
+    refusal = f"{spec} is an MLflow model stored as pickle, .* ALLOW_UNSAFE_PICKLE=1"
+    with pytest.raises(UnsafeModelRefused, match=refusal):
+        load_model(spec)
+    monkeypatch.setenv("ALLOW_UNSAFE_PICKLE", "1")
+    model = load_model(spec)
+    assert model.version == run_id
     np.testing.assert_allclose(model.predict(rides), registered.pipeline.predict(rides), rtol=0, atol=1e-9)
-    compact = model.to_compact()
-    assert compact.version == run.info.run_id
-    np.testing.assert_allclose(compact.predict(rides), registered.pipeline.predict(rides), rtol=0, atol=1e-9)
+
+
+def test_a_skops_model_cannot_widen_the_types_it_is_trusted_with(registered, monkeypatch):
+    """Its MLmodel file trusts os.system; the loader trusts only SKOPS_TRUSTED_TYPES."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from ride_duration.models import ModelUnreadable
+
+    step = FunctionTransformer(os.system)
+    trusted = [f"{os.system.__module__}.system"]
+    spec, _ = register_without_export(registered, "test-widened", make_pipeline(step), skops_trusted_types=trusted)
+    monkeypatch.setenv("ALLOW_UNSAFE_PICKLE", "1")  # not a pickle: the opt-in does not widen it either
+    with pytest.raises(ModelUnreadable, match=f"its skops model cannot be loaded: .*{trusted[0]}"):
+        load_model(spec)
 
 
 @pytest.mark.parametrize(

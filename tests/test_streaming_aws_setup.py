@@ -1,4 +1,4 @@
-"""streaming/setup_aws.py against the moto server: idempotent up, complete down."""
+"""streaming/setup_aws.py against moto: idempotent up, least privilege, the mapping's error handling, down."""
 
 from __future__ import annotations
 
@@ -10,20 +10,20 @@ import pytest
 from streaming_support import REPO, unique
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/ride-duration-stream:{tag}"
+RUN = "0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture
 def setup_aws(aws_endpoint, monkeypatch):
-    """The script as a module, with names of its own and AWS's managed policies in IAM."""
-    monkeypatch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
-    _ensure_managed_policies()
+    """The script as a module, with names of its own."""
     names = {
         "FUNCTION_NAME": unique("fn"),
         "ROLE_NAME": unique("role"),
         "RIDE_EVENTS_STREAM_NAME": unique("events"),
         "PREDICTIONS_STREAM_NAME": unique("predictions"),
+        "DEAD_LETTER_QUEUE": unique("dead-letters"),
         "MODEL_BUCKET": "ride-duration-models",
-        "RUN_ID": "0123456789abcdef0123456789abcdef",
+        "RUN_ID": RUN,
         "MLFLOW_EXPERIMENT_ID": "1",
     }
     monkeypatch.delenv("MODEL_LOCATION", raising=False)
@@ -36,18 +36,6 @@ def setup_aws(aws_endpoint, monkeypatch):
     module.down()
 
 
-def _ensure_managed_policies():
-    # moto loads AWS's managed policies when its IAM backend starts, if the variable is set then;
-    # the in-process server of the test session may have started IAM earlier without it.
-    iam = boto3.client("iam")
-    try:
-        iam.get_policy(PolicyArn="arn:aws:iam::aws:policy/service-role/AWSLambdaKinesisExecutionRole")
-    except iam.exceptions.NoSuchEntityException:
-        from moto.iam.models import iam_backends
-
-        iam_backends.reset()
-
-
 def snapshot(module) -> dict:
     iam, lam, kinesis = boto3.client("iam"), boto3.client("lambda"), boto3.client("kinesis")
     role = module.role_name()
@@ -58,7 +46,7 @@ def snapshot(module) -> dict:
         "role": iam.get_role(RoleName=role)["Role"]["Arn"],
         "managed": sorted(p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]),
         "inline": {
-            name: iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+            name: _document(iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"])
             for name in iam.list_role_policies(RoleName=role)["PolicyNames"]
         },
         "function": {
@@ -74,7 +62,10 @@ def snapshot(module) -> dict:
                     "EventSourceArn",
                     "BatchSize",
                     "FunctionResponseTypes",
+                    "BisectBatchOnFunctionError",
                     "MaximumRetryAttempts",
+                    "MaximumRecordAgeInSeconds",
+                    "DestinationConfig",
                     "State",
                 )
             }
@@ -88,34 +79,111 @@ def snapshot(module) -> dict:
     }
 
 
+def _document(policy) -> dict:
+    return policy if isinstance(policy, dict) else json.loads(policy)
+
+
+def _queue_arn(url: str) -> str:
+    return boto3.client("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+
 def test_up_twice_leaves_the_same_resources(setup_aws):
     first = setup_aws.up(IMAGE.format(tag="v1"))
     before = snapshot(setup_aws)
     second = setup_aws.up(IMAGE.format(tag="v1"))
     assert second == first and snapshot(setup_aws) == before
-
-    assert before["managed"] == ["arn:aws:iam::aws:policy/service-role/AWSLambdaKinesisExecutionRole"]
-    (policy,) = before["inline"].values()
-    policy = policy if isinstance(policy, dict) else json.loads(policy)
-    resources = {s["Sid"]: s["Resource"] for s in policy["Statement"]}
-    assert resources == {
-        "ReadModel": "arn:aws:s3:::ride-duration-models/*",
-        "WritePredictions": first["predictions_stream"],
-    }
     assert (
         before["function"]["MemorySize"] == setup_aws.MEMORY_MB and before["function"]["Timeout"] == setup_aws.TIMEOUT_S
     )
     assert before["function"]["PackageType"] == "Image" and before["function"]["image"] == IMAGE.format(tag="v1")
     assert before["function"]["Environment"]["Variables"] == {
-        "RUN_ID": "0123456789abcdef0123456789abcdef",
+        "RUN_ID": RUN,
         "MLFLOW_EXPERIMENT_ID": "1",
         "MODEL_BUCKET": "ride-duration-models",
         "PREDICTIONS_STREAM_NAME": setup_aws.streaming.predictions_stream(),
+        "DEAD_LETTER_QUEUE": first["dead_letter_queue"],
     }
-    (mapping,) = before["mappings"]
-    assert mapping["EventSourceArn"] == first["events_stream"]
-    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert len(before["streams"]) == 2
+
+
+def test_the_role_may_do_exactly_what_the_function_needs_on_named_resources(setup_aws):
+    made = setup_aws.up(IMAGE.format(tag="v1"))
+    role = snapshot(setup_aws)
+    assert role["managed"] == []  # no AWSLambdaKinesisExecutionRole: its resources are "*"
+    (policy,) = role["inline"].values()
+    granted = {s["Sid"]: (sorted(_listed(s["Action"])), sorted(_listed(s["Resource"]))) for s in policy["Statement"]}
+    region, account = made["events_stream"].split(":")[3:5]
+    log_group = f"arn:aws:logs:{region}:{account}:log-group:/aws/lambda/{setup_aws.function_name()}"
+    assert granted == {
+        "ReadRideEvents": (
+            [
+                "kinesis:DescribeStream",
+                "kinesis:DescribeStreamSummary",
+                "kinesis:GetRecords",
+                "kinesis:GetShardIterator",
+                "kinesis:ListShards",
+            ],
+            [made["events_stream"]],
+        ),
+        "WritePredictions": (["kinesis:PutRecord", "kinesis:PutRecords"], [made["predictions_stream"]]),
+        "SendDeadLetters": (["sqs:SendMessage"], [_queue_arn(made["dead_letter_queue"])]),
+        "WriteLogs": (
+            ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+            [log_group, f"{log_group}:*"],
+        ),
+        "ReadModel": (["s3:GetObject"], [f"arn:aws:s3:::ride-duration-models/1/{RUN}/artifacts/compact/model.npz"]),
+    }
+    assert all(s["Effect"] == "Allow" for s in policy["Statement"])
+    assert "*" not in json.dumps(policy).replace(f"{log_group}:*", "")  # no wildcard but the log group's streams
+
+
+def _listed(value) -> list[str]:
+    return value if isinstance(value, list) else [value]
+
+
+def test_the_mapping_reports_partial_failures_bisects_retries_a_bounded_number_and_records_what_it_gives_up(
+    setup_aws,
+):
+    made = setup_aws.up(IMAGE.format(tag="v1"))
+    (mapping,) = snapshot(setup_aws)["mappings"]
+    assert mapping == {
+        "UUID": made["event_source_mapping"],
+        "EventSourceArn": made["events_stream"],
+        "BatchSize": 100,
+        "FunctionResponseTypes": ["ReportBatchItemFailures"],
+        "BisectBatchOnFunctionError": True,
+        "MaximumRetryAttempts": 3,
+        "MaximumRecordAgeInSeconds": 3600,
+        "DestinationConfig": {"OnFailure": {"Destination": _queue_arn(made["dead_letter_queue"])}},
+        "State": "Enabled",
+    }
+    assert mapping["MaximumRecordAgeInSeconds"] < 24 * 3600  # inside the stream's retention: a replay is possible
+    retention = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=made["dead_letter_queue"], AttributeNames=["MessageRetentionPeriod"]
+    )["Attributes"]["MessageRetentionPeriod"]
+    assert int(retention) == 14 * 24 * 3600
+
+
+def test_up_detaches_a_managed_policy_such_as_an_earlier_version_attached(setup_aws):
+    """Earlier versions attached AWSLambdaKinesisExecutionRole; any managed policy goes, the inline one stays."""
+    setup_aws.up(IMAGE.format(tag="v1"))
+    iam = boto3.client("iam")
+    broad = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "kinesis:*", "Resource": "*"}]}
+    legacy = iam.create_policy(PolicyName=unique("legacy"), PolicyDocument=json.dumps(broad))["Policy"]["Arn"]
+    iam.attach_role_policy(RoleName=setup_aws.role_name(), PolicyArn=legacy)
+    assert snapshot(setup_aws)["managed"] == [legacy]
+    setup_aws.up(IMAGE.format(tag="v1"))
+    assert snapshot(setup_aws)["managed"] == [] and len(snapshot(setup_aws)["inline"]) == 1
+    iam.delete_policy(PolicyArn=legacy)
+
+
+def test_a_model_file_on_s3_is_the_one_object_the_role_may_read(setup_aws, monkeypatch):
+    monkeypatch.delenv("RUN_ID")
+    monkeypatch.setenv("MODEL_LOCATION", "s3://my-models/stream/lin_reg.npz")
+    setup_aws.up(IMAGE.format(tag="v1"))
+    (policy,) = snapshot(setup_aws)["inline"].values()
+    (read,) = [s for s in policy["Statement"] if s["Sid"] == "ReadModel"]
+    assert read["Resource"] == "arn:aws:s3:::my-models/stream/lin_reg.npz"
 
 
 def test_up_with_a_new_image_updates_the_function_in_place(setup_aws):
@@ -129,15 +197,26 @@ def test_up_with_a_new_image_updates_the_function_in_place(setup_aws):
 def test_down_removes_everything_and_can_run_again(setup_aws):
     setup_aws.up(IMAGE.format(tag="v1"))
     removed = setup_aws.down()
-    assert len(removed) == 5  # mapping, function, role, two streams
-    iam, lam, kinesis = boto3.client("iam"), boto3.client("lambda"), boto3.client("kinesis")
+    assert len(removed) == 6 and all(line.startswith("removed ") for line in removed)  # mapping .. queue
+    iam, lam, kinesis, sqs = (boto3.client(s) for s in ("iam", "lambda", "kinesis", "sqs"))
     with pytest.raises(iam.exceptions.NoSuchEntityException):
         iam.get_role(RoleName=setup_aws.role_name())
     with pytest.raises(lam.exceptions.ResourceNotFoundException):
         lam.get_function(FunctionName=setup_aws.function_name())
+    with pytest.raises(sqs.exceptions.QueueDoesNotExist):
+        sqs.get_queue_url(QueueName=setup_aws.streaming.dead_letter_queue())
     assert lam.list_event_source_mappings(FunctionName=setup_aws.function_name())["EventSourceMappings"] == []
     assert snapshot_streams(setup_aws, kinesis) == []
     assert setup_aws.down() == []
+
+
+def test_down_keeps_a_queue_that_holds_dead_letters(setup_aws):
+    made = setup_aws.up(IMAGE.format(tag="v1"))
+    boto3.client("sqs").send_message(QueueUrl=made["dead_letter_queue"], MessageBody='{"reason": "kept"}')
+    lines = setup_aws.down()
+    assert lines[-1].startswith(f"kept queue {made['dead_letter_queue']}: it holds 1 dead letter")
+    assert boto3.client("sqs").get_queue_url(QueueName=setup_aws.streaming.dead_letter_queue())["QueueUrl"]
+    boto3.client("sqs").delete_queue(QueueUrl=made["dead_letter_queue"])
 
 
 def snapshot_streams(module, kinesis):
@@ -145,9 +224,15 @@ def snapshot_streams(module, kinesis):
     return [n for n in kinesis.list_streams()["StreamNames"] if n in names]
 
 
-def test_up_refuses_a_model_the_function_cannot_read(setup_aws, monkeypatch):
+@pytest.mark.parametrize(
+    "settings",
+    [{"MODEL_LOCATION": "models/lin_reg.npz"}, {"RUN_ID": RUN, "MLFLOW_EXPERIMENT_ID": ""}],
+    ids=["local file", "run without experiment"],
+)
+def test_up_refuses_a_model_the_function_cannot_read(setup_aws, monkeypatch, settings):
     monkeypatch.delenv("RUN_ID")  # one model setting at a time
-    monkeypatch.setenv("MODEL_LOCATION", "models/lin_reg.npz")
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
     with pytest.raises(setup_aws.ModelNotFound, match="S3"):
         setup_aws.up(IMAGE.format(tag="v1"))
     assert snapshot_streams(setup_aws, boto3.client("kinesis")) == []  # it stopped before creating anything

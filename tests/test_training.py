@@ -30,12 +30,23 @@ def test_pipeline_takes_raw_ride_dicts(linear_pipeline, trips):
 
 def test_baseline_rmse_is_the_reference_value(linear_pipeline, trips):
     valid = trips[1]
-    assert rmse(valid.duration, linear_pipeline.predict(valid)) == pytest.approx(7.7587, abs=1e-3)
+    assert rmse(valid.duration, linear_pipeline.predict(valid)) == pytest.approx(6.7561, abs=1e-3)
 
 
 def test_lasso_rmse_is_the_reference_value(trips):
     train, valid = trips
-    assert rmse(valid.duration, fit("lasso", train).predict(valid)) == pytest.approx(11.1673, abs=1e-3)
+    assert rmse(valid.duration, fit("lasso", train).predict(valid)) == pytest.approx(7.6972, abs=1e-3)
+
+
+def test_the_baseline_gives_the_distance_its_weight(linear_pipeline):
+    """Cleaning drops the TLC's distance typos; kept, they take the weight down to 0.00004 min/mile."""
+    vectorizer = linear_pipeline.named_steps["dictvectorizer"]
+    weight = linear_pipeline.named_steps["linearregression"].coef_[vectorizer.vocabulary_["trip_distance"]]
+    assert 0.5 < weight < 3  # minutes per mile: city traffic, not a constant
+    # A ride of a zone pair January never saw is then still predicted by its length.
+    unseen = {"PULocationID": 1, "DOLocationID": 2, "trip_distance": 1.0}
+    assert "PU_DO=1_2" not in vectorizer.vocabulary_
+    assert linear_pipeline.predict([{**unseen, "trip_distance": 20.0}])[0] - linear_pipeline.predict([unseen])[0] > 10
 
 
 @pytest.mark.parametrize("pipeline_fixture", ["linear_pipeline", "small_forest"])
@@ -43,7 +54,7 @@ def test_compact_export_predicts_what_the_pipeline_predicts(request, pipeline_fi
     pipeline = request.getfixturevalue(pipeline_fixture)
     valid = trips[1]
     compact = CompactModel.from_bytes(CompactModel.from_pipeline(pipeline, version="v1").to_bytes())
-    np.testing.assert_allclose(compact.predict_frame(valid), pipeline.predict(valid), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(compact.predict(valid), pipeline.predict(valid), rtol=0, atol=1e-9)
     unseen = [{"PULocationID": 1, "DOLocationID": 1, "trip_distance": 0.0}, RIDE]
     np.testing.assert_allclose(compact.predict(unseen), pipeline.predict(unseen), rtol=0, atol=1e-9)
     assert compact.version == "v1"
@@ -92,8 +103,9 @@ def test_forest_walk_follows_scikit_learns_rule_at_every_split(one_hot_threshold
     np.testing.assert_array_equal(compact.predict(rides), [walk(r) for r in rides])
 
 
-def test_saved_model_files_load_with_one_version(model_files):
+def test_saved_model_files_load_with_one_version(model_files, monkeypatch):
     pkl, npz = model_files
+    monkeypatch.setenv("ALLOW_UNSAFE_PICKLE", "1")  # our own file: tests/test_pickle_opt_in.py is the default
     from_npz, from_pkl = load_compact(npz), load_compact(pkl)
     assert from_npz.version == from_pkl.version and from_npz.version.startswith("lin_reg-")
     np.testing.assert_array_equal(from_npz.predict([RIDE]), from_pkl.predict([RIDE]))
@@ -109,5 +121,18 @@ def test_training_cli_writes_both_files(tmp_path, capsys, tlc_mirror):
 
     main(["--output", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "validation RMSE 7.7587" in out
+    assert "validation RMSE 6.7561" in out
     assert (tmp_path / "lin_reg.pkl").is_file() and (tmp_path / "lin_reg.npz").is_file()
+
+
+def test_train_fits_on_given_data_with_overridden_settings(trips):
+    """The one fitting step, as ride_duration.registry calls it: rows given, settings overridden."""
+    from ride_duration.train import FOREST_PARAMS, train
+
+    small = trips[0].head(2000), trips[1].head(500)
+    result = train("forest", data=small, params={"n_estimators": 3, "max_depth": 4})
+    assert result.params == {**FOREST_PARAMS, "n_estimators": 3, "max_depth": 4}
+    forest = result.pipeline.steps[-1][1]
+    assert (len(forest.estimators_), forest.max_depth, forest.min_samples_leaf) == (3, 4, 10)
+    assert (result.train_rows, result.valid_rows) == (2000, 500)
+    assert result.rmse == pytest.approx(rmse(small[1].duration, result.pipeline.predict(small[1])))

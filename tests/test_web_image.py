@@ -1,6 +1,6 @@
 """web-service/'s image without a Docker engine: the Dockerfile lints clean, its pins are the
 lock's, and its install steps, read from it and run in a fresh virtual environment, give a
-working service with numpy + flask + gunicorn alone."""
+working service with numpy + flask + gunicorn + tornado alone."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def test_dockerfile_passes_hadolint():
 
 def test_every_image_pin_equals_the_lock():
     image, lock = pins(WEB_SERVICE / "requirements.txt"), pins(REPO / "requirements.lock")
-    assert {"numpy", "flask", "gunicorn"} <= set(image)
+    assert {"numpy", "flask", "gunicorn", "tornado"} <= set(image)
     assert {name: lock.get(name) for name in image} == image
 
 
@@ -151,13 +151,14 @@ def test_every_copied_source_is_in_the_repository_and_the_build_context():
 
 
 def test_the_serving_path_imports_only_the_image_requirements(model_files):
-    """Import predict.py as a gunicorn worker does; list the distributions that were loaded."""
+    """Import predict.py and the worker class as gunicorn does; list the distributions that were loaded."""
     probe = (
         "import sys, json, importlib.metadata as md\n"
         "before = set(sys.modules)  # what the interpreter loads by itself (site hooks)\n"
         f"sys.path.insert(0, {str(WEB_SERVICE)!r})\n"
-        "import gunicorn.app.wsgiapp, gunicorn.workers.gthread, predict\n"
-        "import ride_duration.healthcheck, ride_duration.gunicorn_conf\n"
+        "import gunicorn.app.wsgiapp, gunicorn.util, predict\n"
+        "import ride_duration.healthcheck, ride_duration.gunicorn_conf as conf\n"
+        "gunicorn.util.load_class(conf.worker_class)\n"
         "owners = md.packages_distributions()\n"
         "used = {d for m in set(sys.modules) - before for d in owners.get(m.split('.')[0], [])}\n"
         "print(json.dumps(sorted(used)))\n"

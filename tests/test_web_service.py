@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from ride_duration.compact import CompactModel
+from ride_duration.features import MAX_TRIP_DISTANCE
 from ride_duration.healthcheck import probe
 from ride_duration.local.background import ServiceFailed, serve_in_background
 from ride_duration.local.loadgen import run_load
@@ -161,9 +162,9 @@ def _bad_location():
 def _bad_distance():
     return st.one_of(
         st.floats(max_value=-1e-9),
-        st.floats(min_value=500.000001),
+        st.floats(min_value=MAX_TRIP_DISTANCE, exclude_min=True),
         st.integers(max_value=-1),
-        st.integers(min_value=501),
+        st.integers(min_value=int(MAX_TRIP_DISTANCE) + 1),
         st.just(float("nan")),
         st.none(),
         st.booleans(),
@@ -174,7 +175,11 @@ def _bad_distance():
 
 def _ride():
     return st.fixed_dictionaries(
-        {"PULocationID": st.integers(1, 265), "DOLocationID": st.integers(1, 265), "trip_distance": st.floats(0, 500)}
+        {
+            "PULocationID": st.integers(1, 265),
+            "DOLocationID": st.integers(1, 265),
+            "trip_distance": st.floats(0, MAX_TRIP_DISTANCE),
+        }
     )
 
 
@@ -209,7 +214,7 @@ def _bodies():
             lambda rides: any(
                 set(r) != {"PULocationID", "DOLocationID", "trip_distance"}
                 or not isinstance(r.get("trip_distance"), float)
-                or not 0 <= r["trip_distance"] <= 500
+                or not 0 <= r["trip_distance"] <= MAX_TRIP_DISTANCE
                 or any(
                     not isinstance(r[k], int) or isinstance(r[k], bool) or not 1 <= r[k] <= 265
                     for k in ("PULocationID", "DOLocationID")
@@ -309,12 +314,27 @@ def test_a_missing_model_stops_the_start_with_its_path(tmp_path):
         serve_in_background(WEB_SERVICE, {"MODEL_PATH": str(missing)}, timeout=30)
 
 
+def test_a_model_file_of_unknown_kind_stops_the_start_not_every_prediction(npz, tmp_path):
+    """Such a file once passed start-up and /health, and then every /predict answered 500."""
+    import numpy as np
+
+    with np.load(npz) as arrays:
+        mystery = {**arrays, "kind": np.array("mystery")}
+    path = tmp_path / "mystery.npz"
+    np.savez(path, **mystery)
+    with pytest.raises(ServiceFailed, match="web-service cannot start: .*mystery") as failure:
+        serve_in_background(WEB_SERVICE, {"MODEL_PATH": str(path)}, timeout=30)
+    assert "Traceback" not in str(failure.value)
+
+
 def test_an_unusable_limit_stops_the_start_with_its_name(npz):
     with pytest.raises(
         ServiceFailed, match="Error: MAX_RIDES_PER_REQUEST must be a whole number, got 'lots'"
     ) as failure:
         serve_in_background(WEB_SERVICE, {"MODEL_PATH": str(npz), "MAX_RIDES_PER_REQUEST": "lots"}, timeout=30)
     assert "Traceback" not in str(failure.value)
+    with pytest.raises(ServiceFailed, match="Error: REQUEST_READ_TIMEOUT must be at least 1, got 0"):
+        serve_in_background(WEB_SERVICE, {"MODEL_PATH": str(npz), "REQUEST_READ_TIMEOUT": "0"}, timeout=30)
 
 
 def test_a_port_another_server_listens_on_is_refused(service, npz):

@@ -35,7 +35,7 @@ def pins(path: Path) -> dict[str, str]:
 
 def test_every_pin_equals_requirements_lock():
     lock, image = pins(REPO / "requirements.lock"), pins(FOLDER / "requirements.txt")
-    assert {"flask", "gunicorn", "numpy", "boto3", "mlflow-skinny"} <= image.keys()
+    assert {"flask", "gunicorn", "tornado", "numpy", "boto3", "mlflow-skinny"} <= image.keys()
     assert {name: version for name, version in image.items() if lock.get(name) != version} == {}
 
 
@@ -46,7 +46,7 @@ def test_the_image_needs_neither_scikit_learn_pandas_nor_the_full_mlflow():
 def test_the_dependencies_of_the_pinned_packages_are_pinned_too():
     """So that `pip install -r requirements.txt` in the image resolves to exactly these."""
     pinned = pins(FOLDER / "requirements.txt")
-    missing, todo, seen = set(), ["flask", "gunicorn", "numpy", "boto3", "mlflow-skinny"], set()
+    missing, todo, seen = set(), ["flask", "gunicorn", "tornado", "numpy", "boto3", "mlflow-skinny"], set()
     while todo:
         name = todo.pop()
         if name in seen:

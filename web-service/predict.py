@@ -3,11 +3,12 @@
     gunicorn --config python:ride_duration.gunicorn_conf predict:app    (from this folder)
 
 MODEL_PATH [models/lin_reg.npz of the repo]   the model: a .npz serving export (numpy only),
-    a .pkl pipeline (needs scikit-learn), an s3://bucket/key.npz object (needs boto3), or any
-    other spec ride_duration.models.load_model takes (an MLflow one: see web-service-mlflow).
-Workers, threads and port: see ride_duration/gunicorn_conf.py; input limits, checks and
-JSON errors: ride_duration/service.py. Each gunicorn worker imports this module, so loads
-the model once, before it answers anything.
+    a .pkl pipeline (needs scikit-learn, and ALLOW_UNSAFE_PICKLE=1: unpickling runs the
+    file's code), an s3://bucket/key.npz object (needs boto3), or any other spec
+    ride_duration.models.load_model takes (an MLflow one: see web-service-mlflow).
+Workers, port and the time limit for a request: ride_duration/gunicorn_conf.py; input
+limits, checks and JSON errors: ride_duration/service.py. Each gunicorn worker imports this
+module, so loads the model once, before it answers anything.
 """
 
 import os

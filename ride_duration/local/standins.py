@@ -133,12 +133,11 @@ def up(with_mlflow: bool = True) -> dict[str, str]:
             s.mlflow_db.unlink(missing_ok=True)
             _stop(s, "moto")  # a leftover that no longer answers
             _refuse_foreign(s, "moto", s.moto_url)
-            # AWS-managed IAM policies (AWSLambdaKinesisExecutionRole) exist only when loaded.
             _start(
                 s,
                 "moto",
                 [sys.executable, "-m", "moto.server", "-H", s.host, "-p", str(s.moto_port)],
-                {**env, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"},
+                env,
                 lambda: _moto_answers(s),
                 MOTO_START_TIMEOUT,
             )
