@@ -6,7 +6,7 @@ UV_VERSION := 0.13.8
 READY := $(VENV)/.ready
 
 .PHONY: demo test lab train serve standins-up standins-down standins-status register \
-	serve-mlflow stream score refresh-notebooks diagrams bench clean lint data
+	serve-mlflow stream score refresh-notebooks diagrams screenshots site bench clean lint data
 
 # Bytecode is compiled at install: with PYTHONDONTWRITEBYTECODE set, every process would
 # otherwise compile scikit-learn's sources again (about 6 s instead of 1 s to import it here).
@@ -79,13 +79,22 @@ refresh-notebooks: $(READY)
 diagrams: $(READY)
 	$(PY) imgs/make_diagrams.py
 
+# The lessons as a static HTML book in site/: README, folders' READMEs, executed notebooks.
+site: $(READY)
+	$(PY) -m ride_duration.local.book --out site
+
+# The MLflow UI's run page (notebook 3), with headless Chromium against the stand-ins.
+screenshots: $(READY)
+	$(PY) imgs/screenshot_mlflow.py
+
 bench: $(READY)
 	command -v wrk > /dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
 		|| echo "wrk unavailable: the web benchmark falls back to its Python load generator"
 	$(PY) benchmarks/startup.py
 	$(PY) benchmarks/web_service.py
 	$(PY) benchmarks/streaming.py
-	$(PY) benchmarks/batch.py
+	$(PY) benchmarks/batch.py --spark --results benchmarks/results.json
+	$(PY) benchmarks/results.py render
 
 clean:
 	test -x $(PY) && $(PY) -m ride_duration.local.standins down || true

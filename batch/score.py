@@ -24,7 +24,7 @@ from ride_duration import batch, data
 def score(job: batch.Job) -> batch.ScoreResult:
     """The job on pandas: read the month in chunks -> clean -> predict -> write the output atomically.
 
-    batch.score_month runs these same steps for the backfill, the notebooks and the demo
+    batch.score_month runs these same steps for the backfill and the demo
     (batch.score_chunk holds the clean-predict-output part, which Spark runs too).
     """
     with batch.Tally(job) as tally:  # rows and predictions counted; a progress bar on a terminal

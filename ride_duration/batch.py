@@ -4,7 +4,7 @@ The job's steps, which batch/score.py shows one by one: check the month's file (
 read it in chunks (`read_chunks`) -> clean each chunk as for training (data.clean_trips) ->
 predict with the model -> the output rows (`output_table`) -> stream them into a parquet file
 that appears at its final place only when complete (`write_parquet_atomic`). `score_month`
-runs the same steps for the backfill, the notebooks and the demo, with `score_chunk` (clean,
+runs the same steps for the backfill and the demo, with `score_chunk` (clean,
 predict, output rows) as the one per-chunk function; `engine="spark"` runs that function on
 Apache Spark. Memory stays bounded by the chunk size, not by the month.
 
@@ -13,6 +13,7 @@ BATCH_OUTPUT [<home>/output]     root of the output: a directory or s3://bucket/
 BATCH_MODEL [models/lin_reg.npz] the model used when none is given
 BATCH_CHUNK_ROWS [250000]        rows read, scored and written at once
 BATCH_SPARK_MASTER [local[2]]    where `--engine spark` runs
+BATCH_THREADS [the CPU count]    threads that walk a forest (BatchModel)
 
 Output: <root>/taxi_type=<t>/year=<yyyy>/month=<mm>/<model_version>.parquet with columns
 ride_id, pickup_datetime, PULocationID, DOLocationID, actual_duration, predicted_duration,
@@ -38,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from ride_duration import aws, config, data
-from ride_duration.compact import CompactModel
+from ride_duration.compact import LEAF, NO_COLUMN, CompactModel
 from ride_duration.features import RIDE_FIELDS
 from ride_duration.models import ModelNotFound, load_model, split_s3_url
 
@@ -96,12 +97,114 @@ def output_schema():
 
 
 # ---- the model --------------------------------------------------------------------------
-def compact_model(model) -> CompactModel:
+def compact_model(model) -> BatchModel:
     """`model`, or the model a spec names (ride_duration.models.load_model), as the numpy export
-    that column-wise scoring and Spark need: a registered model without one is exported now."""
+    that column-wise scoring and Spark need (a registered model without one is exported now),
+    evaluated as batch evaluates it (BatchModel)."""
     if not isinstance(model, CompactModel):
         model = load_model(model)
-    return model if isinstance(model, CompactModel) else model.to_compact()
+    if not isinstance(model, CompactModel):
+        model = model.to_compact()
+    return model if isinstance(model, BatchModel) else BatchModel.of(model)
+
+
+def threads() -> int:
+    return config.env_int("BATCH_THREADS", os.cpu_count() or 1)
+
+
+class BatchModel(CompactModel):
+    """The numpy export, with a forest walked by scikit-learn's compiled trees when scikit-learn
+    is installed, on every core (BATCH_THREADS): over a month that is several times the numpy
+    walk (README, Performance), and a batch job can afford scikit-learn's import, which the
+    services cannot. The trees are rebuilt from the export's arrays (no pickle), and every
+    ride's trees are summed in the numpy walk's order: the predictions are the walk's, bit for bit.
+    Without scikit-learn, or for a linear model, predict is CompactModel's."""
+
+    _trees = None  # [(scikit-learn Tree, its leaf values)], built at the first forest prediction
+
+    @classmethod
+    def of(cls, model: CompactModel) -> BatchModel:
+        """The same model as a BatchModel, without evaluating its arrays again."""
+        batch_model = cls.__new__(cls)
+        batch_model.__dict__.update(vars(model))
+        return batch_model
+
+    def predict(self, rides) -> np.ndarray:
+        if self.kind != "forest" or not self._compiled_trees():
+            return super().predict(rides)
+        one_hot, numbers = self.encode(rides)
+        rides_matrix = self._one_hot_matrix(one_hot, numbers)
+        rows = rides_matrix.shape[0]
+        if not rows:
+            return np.empty(0)
+        # Row slices, one per thread: scikit-learn's tree walk releases the GIL.
+        step = max(FOREST_SLICE_ROWS, -(-rows // threads()))
+        slices = [rides_matrix[i : i + step] for i in range(0, rows, step)]
+        if len(slices) == 1:
+            return self._forest_mean(slices[0])
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(slices)) as pool:
+            return np.concatenate(list(pool.map(self._forest_mean, slices)))
+
+    def _forest_mean(self, rides_matrix) -> np.ndarray:
+        total = np.zeros(rides_matrix.shape[0])
+        for tree, leaf_values in self._trees:
+            total += leaf_values[tree.apply(rides_matrix)]
+        return total / len(self._trees)
+
+    def _one_hot_matrix(self, one_hot: list[np.ndarray], numbers: list[np.ndarray]):
+        """What DictVectorizer gives the forest: a float32 CSR matrix of the export's columns."""
+        from scipy.sparse import csr_matrix
+
+        rows = len((one_hot or numbers)[0])
+        columns = np.stack([*one_hot, *(np.full(rows, column) for column in self.numbers.values())], axis=1)
+        values = np.stack([*(np.ones(rows) for _ in one_hot), *numbers], axis=1).astype(np.float32)
+        seen = columns != NO_COLUMN  # a value the model never saw has no column, as in DictVectorizer
+        row_starts = np.zeros(rows + 1, dtype=np.int32)
+        np.cumsum(seen.sum(axis=1), out=row_starts[1:])
+        width = len(self.arrays["column_feature"])
+        return csr_matrix((values[seen], columns[seen].astype(np.int32), row_starts), shape=(rows, width))
+
+    def _compiled_trees(self) -> bool:
+        if self._trees is None:
+            try:
+                from sklearn.tree._tree import NODE_DTYPE, Tree
+            except ImportError:
+                self._trees = []
+            else:
+                self._trees = _scikit_learn_trees(self.arrays, NODE_DTYPE, Tree)
+        return bool(self._trees)
+
+
+FOREST_SLICE_ROWS = 16_384  # fewer rows per call, and the call's own cost shows (measured)
+
+
+def _scikit_learn_trees(arrays: dict[str, np.ndarray], node_dtype, tree_class) -> list:
+    """The export's trees as scikit-learn Tree objects, each with its leaf values."""
+    width = len(arrays["column_feature"])
+    ends = [*arrays["roots"][1:].tolist(), len(arrays["feature"])]
+    trees = []
+    for root, end in zip(arrays["roots"].tolist(), ends):
+        feature = arrays["feature"][root:end]
+        leaf = feature == LEAF
+        nodes = np.zeros(end - root, dtype=node_dtype)  # impurity and sample counts: unused by apply
+        nodes["left_child"] = np.where(leaf, -1, arrays["left"][root:end] - root)
+        nodes["right_child"] = np.where(leaf, -1, arrays["right"][root:end] - root)
+        nodes["feature"] = feature
+        nodes["threshold"] = arrays["threshold"][root:end]
+        leaf_values = arrays["value"][root:end]
+        tree = tree_class(width, np.array([1], dtype=np.intp), 1)
+        tree.__setstate__(
+            {
+                "max_depth": int(arrays["max_depth"]),
+                "node_count": end - root,
+                "nodes": nodes,
+                "values": leaf_values.reshape(-1, 1, 1).copy(),
+            }
+        )
+        trees.append((tree, leaf_values))
+    return trees
 
 
 # ---- the job, checked before a row is read -----------------------------------------------
@@ -115,7 +218,7 @@ class Job:
     source: Path
     rows_read: int  # rows in the file
     columns: list[str]  # the columns scoring reads
-    model: CompactModel
+    model: BatchModel
     location: str
     rows: int  # rows per chunk
 
@@ -208,14 +311,21 @@ def read_chunks(source: Path, rows: int, columns: list[str] | None = None) -> It
         raise data.DataError(f"{source} cannot be read from row {offset:,} on: {exc}") from None
 
 
-def ride_ids(taxi_type: str, year: int, month: int, row_index) -> list[str]:
-    prefix = f"{taxi_type}/{year:04d}/{month:02d}_"
-    return [prefix + str(i) for i in np.asarray(row_index).tolist()]
+def ride_ids(taxi_type: str, year: int, month: int, row_index):
+    """Each ride's id, "<taxi type>/<yyyy>/<mm>_<row_index>", as a pandas string array."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    # Joined by Arrow: a Python string per ride took a fifth of a linear month's time (measured).
+    rows = pc.cast(pa.array(np.asarray(row_index, dtype=np.int64)), pa.string())
+    return pd.array(pc.binary_join_element_wise(f"{taxi_type}/{year:04d}/{month:02d}_", rows, ""), dtype="str")
 
 
 def output_table(rides, minutes: np.ndarray, model_version: str, taxi_type: str, year: int, month: int):
     """The output rows (a pandas DataFrame with OUTPUT_COLUMNS) for cleaned rides and their predictions."""
     import pandas as pd
+    import pyarrow as pa
 
     pickup, _ = data.datetime_columns(rides.columns, taxi_type)
     actual = rides["duration"].to_numpy(np.float64)
@@ -229,12 +339,13 @@ def output_table(rides, minutes: np.ndarray, model_version: str, taxi_type: str,
             "actual_duration": actual,
             "predicted_duration": minutes,
             "diff": actual - minutes,
-            "model_version": model_version,
+            # Repeated by Arrow, not one Python object per ride.
+            "model_version": pd.array(pa.repeat(model_version, len(rides)), dtype="str"),
         }
     )
 
 
-def score_chunk(frame, model: CompactModel, taxi_type: str, year: int, month: int):
+def score_chunk(frame, model: BatchModel, taxi_type: str, year: int, month: int):
     """Clean and score one chunk of raw trips (with ROW_INDEX): the per-chunk steps of every engine.
 
     Returns (pandas DataFrame with OUTPUT_COLUMNS, data.CleaningReport).
@@ -260,7 +371,7 @@ def write_parquet_atomic(tables: Iterable, location: str) -> None:
     def write(path) -> None:
         schema = output_schema()
         with pq.ParquetWriter(str(path), schema) as writer:
-            for table in tables:
+            for table in _one_ahead(tables):
                 if not isinstance(table, pa.Table):
                     table = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
                 writer.write_table(table.cast(schema))
@@ -275,6 +386,50 @@ def write_parquet_atomic(tables: Iterable, location: str) -> None:
             write(tmp)
     except OSError as exc:
         raise BatchError(f"cannot write {location}: {exc.strerror or exc}") from None
+
+
+def _one_ahead(items: Iterable) -> Iterator:
+    """The items, each made on a background thread while the caller handles the one before:
+    pyarrow's writer releases the GIL, so the next chunk is scored while one is written (the
+    writer was half of a linear month's time, measured). Memory: two chunks more at most. An
+    error while making an item is raised here; when the caller stops (an error, Ctrl-C,
+    SIGTERM), the thread stops after the item it is making."""
+    import queue
+    import threading
+
+    handoff, stop, finished = queue.Queue(maxsize=1), threading.Event(), object()
+
+    def hand_over(item, error=None) -> None:
+        while not stop.is_set():
+            try:
+                handoff.put((item, error), timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        try:
+            for item in items:
+                hand_over(item)
+                if stop.is_set():
+                    return
+            hand_over(finished)
+        except BaseException as exc:  # handed to the caller, who raises it
+            hand_over(finished, exc)
+
+    producer = threading.Thread(target=produce, name="batch-scoring", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item, error = handoff.get()
+            if error is not None:
+                raise error
+            if item is finished:
+                return
+            yield item
+    finally:
+        stop.set()
+        producer.join()
 
 
 def _upload(path: str, location: str) -> None:
@@ -512,6 +667,8 @@ def spark_session():
         .config("spark.sql.shuffle.partitions", "2")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.executorEnv.PYTHONWARNINGS", PYSPARK_PANDAS_WARNING)
+        # One thread per task for the forest: Spark's tasks already take every core.
+        .config("spark.executorEnv.BATCH_THREADS", os.environ.get("BATCH_THREADS", "1"))
         .getOrCreate()
     )
     # A failed job is reported in one line (_spark_reason); ERROR would add the JVM's stack traces.
@@ -583,7 +740,7 @@ def _scored_on_spark(spark, job: Job):
     taxi_type, year, month = job.period  # the closure below carries these, not the job and its model
 
     def score_partition(frames):
-        executor_model = CompactModel.from_bytes(model_bytes.value)
+        executor_model = BatchModel.from_bytes(model_bytes.value)
         for frame in frames:
             scored = score_chunk(frame, executor_model, taxi_type, year, month)[0]
             if len(scored):  # Spark cannot convert an empty pandas 3 frame (and it adds nothing)

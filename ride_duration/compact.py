@@ -129,7 +129,7 @@ class CompactModel:
     # ---- predicting -----------------------------------------------------------------
     def predict(self, rides) -> np.ndarray:
         """Durations in minutes for a list of ride dicts (validated beforehand) or a DataFrame."""
-        one_hot, numbers = self._encode(rides)
+        one_hot, numbers = self.encode(rides)
         if self.kind == "linear":
             return self._predict_linear(one_hot, numbers)
         rows = len(one_hot[0]) if one_hot else len(numbers[0])
@@ -145,7 +145,7 @@ class CompactModel:
             ]
         )
 
-    def _encode(self, rides) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def encode(self, rides) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """What DictVectorizer would see, column-wise: per categorical feature each ride's one-hot
         column (NO_COLUMN for a value never seen), per numeric feature its values."""
         columns = features.feature_columns(rides)

@@ -112,7 +112,7 @@ def train_and_register(
     alias: str | None = None,
 ) -> RegisteredModel:
     """Fit the random-forest pipeline (ride_duration.train.train), log it to MLflow, register it
-    and point the alias at it.
+    (the version's description gives the validation RMSE) and point the alias at it.
 
     Args:
         train_month, valid_month: taxi_type:YYYY-MM months to fit on and to validate on.
@@ -156,7 +156,8 @@ def train_and_register(
             )
             compact_file = CompactModel.from_pipeline(pipeline, version=run_id).save(Path(tmp) / "model.npz")
             mlflow.log_artifact(str(compact_file), artifact_path=COMPACT_ARTIFACT.rsplit("/", 1)[0])
-        version = _register(client, name, info.model_id, run_id)
+        description = f"random forest fitted on {train_month}; validation RMSE {result.rmse:.4f} min on {valid_month}"
+        version = _register(client, name, info.model_id, run_id, description)
         client.set_registered_model_alias(name, alias, version)
         artifact_uri = client.get_logged_model(info.model_id).artifact_location
     return RegisteredModel(
@@ -242,16 +243,22 @@ def _experiment_id(client, name: str) -> str:
     return experiment.experiment_id if experiment else client.create_experiment(name)
 
 
-def _register(client, name: str, model_id: str, run_id: str) -> str:
-    """A new version of `name` for the logged model (the client calls print nothing)."""
+MODEL_DESCRIPTION = "Minutes a NYC taxi ride takes, from its pickup zone, drop-off zone and trip distance."
+
+
+def _register(client, name: str, model_id: str, run_id: str, description: str) -> str:
+    """A new version of `name` for the logged model, with its description (what the UI's
+    version page shows); the client calls print nothing."""
     from mlflow.exceptions import MlflowException
 
     try:
-        client.create_registered_model(name)
+        client.create_registered_model(name, description=MODEL_DESCRIPTION)
     except MlflowException as exc:
         if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
-    return client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id).version
+    return client.create_model_version(
+        name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id, description=description
+    ).version
 
 
 # MLflow's column type for each kind of raw field (ride_duration.features.DTYPES).

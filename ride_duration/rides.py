@@ -2,7 +2,7 @@
 
 A ride is a JSON object with the raw fields ride_duration.features declares (RAW_FIELDS):
 today PULocationID and DOLocationID (integers 1..265, the TLC's zones) and trip_distance
-(miles, a finite number from 0 to 500). Each field is checked as its declaration says, so a
+(miles, a finite number from 0 to 100). Each field is checked as its declaration says, so a
 field added there is validated here too. Extra fields are ignored. Errors name the field, so
 a client can fix its request.
 """
@@ -60,7 +60,7 @@ CHECKS = {"integer": _integer, "number": _number}
 
 
 def _range(field: RawField) -> str:
-    """The bounds as errors print them, whole ones without a decimal point: 0 and 500 miles."""
+    """The bounds as errors print them, whole ones without a decimal point: 0 and 100 miles."""
     low, high = (str(int(b)) if float(b).is_integer() else str(b) for b in (field.minimum, field.maximum))
     return f"{low} and {high} {field.unit}".rstrip()
 

@@ -116,6 +116,57 @@ def test_forest_predictions_match_scikit_learn(small_forest, trips, output):
     assert Path(result.location).name == "small_forest-test.parquet"
 
 
+def test_batch_forest_is_the_numpy_walk_bit_for_bit_on_every_thread_count(small_forest, trips, monkeypatch):
+    from ride_duration.compact import CompactModel
+
+    walk = CompactModel.from_pipeline(small_forest, version="small_forest-test")
+    rides = trips[1]
+    expected = walk.predict(rides)
+    monkeypatch.setattr(batch, "FOREST_SLICE_ROWS", 1_000)  # several slices per chunk
+    for count in (1, 3):
+        monkeypatch.setenv("BATCH_THREADS", str(count))
+        model = batch.compact_model(walk)
+        predicted = model.predict(rides)
+        assert model._trees, "the forest was not walked by scikit-learn's trees"
+        np.testing.assert_array_equal(predicted, expected)
+    np.testing.assert_allclose(predicted, small_forest.predict(rides), rtol=0, atol=1e-9)
+    assert len(model.predict(rides.head(0))) == 0
+
+
+def test_batch_forest_falls_back_to_the_numpy_walk_without_scikit_learn(small_forest, trips, monkeypatch):
+    from ride_duration.compact import CompactModel
+
+    walk = CompactModel.from_pipeline(small_forest, version="small_forest-test")
+    monkeypatch.setitem(sys.modules, "sklearn.tree._tree", None)  # import fails as if not installed
+    model = batch.compact_model(walk)
+    np.testing.assert_array_equal(model.predict(trips[1].head(2_000)), walk.predict(trips[1].head(2_000)))
+    assert model._trees == []
+
+
+def test_chunks_are_made_one_ahead_of_the_writer_and_stop_with_it():
+    import threading
+
+    made = []
+
+    def chunks():
+        for i in range(10):
+            made.append(i)
+            yield i
+
+    ahead = batch._one_ahead(chunks())
+    assert next(ahead) == 0
+    ahead.close()  # the writer stops (an error, Ctrl-C): so does the thread making chunks
+    assert len(made) <= 3
+    assert not any(thread.name == "batch-scoring" for thread in threading.enumerate())
+
+    def failing():
+        yield 1
+        raise data.DataError("chunk 2 is bad")
+
+    with pytest.raises(data.DataError, match="chunk 2 is bad"):
+        list(batch._one_ahead(failing()))
+
+
 # ---- input checks ----------------------------------------------------------------------
 def raw_sample(february, rows=5_000) -> pd.DataFrame:
     return pd.read_parquet(february).head(rows)
@@ -169,9 +220,11 @@ def test_model_specs_are_routed_and_bad_ones_named(model_npz, tmp_path, monkeypa
         "c" * 32,
     ]
     for spec in specs:
-        assert batch.compact_model(spec) is compact
+        routed = batch.compact_model(spec)
+        assert isinstance(routed, batch.BatchModel) and routed.arrays is compact.arrays
     assert asked == specs
-    assert batch.compact_model(compact) is compact and len(asked) == len(specs)
+    given = batch.compact_model(compact)
+    assert given.arrays is compact.arrays and batch.compact_model(given) is given and len(asked) == len(specs)
 
 
 # ---- atomic writes ---------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import runpy
 import shutil
 import signal
 import socket
@@ -35,7 +36,8 @@ from ride_duration.healthcheck import probe
 
 REPO = Path(__file__).resolve().parent.parent
 UV = Path(sys.executable).with_name("uv")
-RIDE = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40}
+# What web-service/test.py sends when given no ride: its answer is checked against the pipeline.
+RIDE = runpy.run_path(str(REPO / "web-service" / "test.py"))["RIDE"]
 EVENT_RIDE = {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}  # streaming/event.json, ride 256
 GUNICORN = ["gunicorn", "--config", "python:ride_duration.gunicorn_conf"]
 # Settings of the test process that would point a copied folder back at the checkout or at

@@ -138,6 +138,15 @@ def test_the_run_logs_one_pipeline_with_signature_params_and_metric(registered, 
     assert 6 < registered.rmse < 8
 
 
+def test_the_registered_version_is_described_by_its_validation_rmse(registered):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    described = client.get_model_version(NAME, registered.version).description
+    assert f"validation RMSE {registered.rmse:.4f}" in described and "green:2021-02" in described
+    assert client.get_registered_model(NAME).description == registry.MODEL_DESCRIPTION
+
+
 def test_ensure_registered_model_reuses_the_alias(registered):
     again = registry.ensure_registered_model()
     assert (again.run_id, again.version, again.fit_seconds) == (registered.run_id, registered.version, None)
@@ -258,7 +267,10 @@ def test_the_service_starts_from_s3_alone_and_the_client_prints_its_answer(regis
             timeout=60,
             check=True,
         )
-    ride = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40}
+    import runpy
+
+    ride = runpy.run_path(str(SERVICE_DIR / "test.py"))["RIDE"]  # the client's default ride
+    assert ride == runpy.run_path(str(SERVICE_DIR.parent / "web-service" / "test.py"))["RIDE"]  # one example ride
     expected = registered.pipeline.predict([ride])[0]
     assert client.stdout.strip() == f"{expected:.1f} minutes (model_version {registered.run_id})"
 

@@ -236,3 +236,122 @@ def test_up_refuses_a_model_the_function_cannot_read(setup_aws, monkeypatch, set
     with pytest.raises(setup_aws.ModelNotFound, match="S3"):
         setup_aws.up(IMAGE.format(tag="v1"))
     assert snapshot_streams(setup_aws, boto3.client("kinesis")) == []  # it stopped before creating anything
+
+
+def test_the_notebooks_up_describe_and_down_show_each_setting_then_nothing(setup_aws, monkeypatch):
+    """notebooks/05-streaming.ipynb's calls in its order: image URI from STS, up, describe, purge, down, describe."""
+    monkeypatch.delenv("RUN_ID")
+    monkeypatch.setenv("MODEL_LOCATION", f"s3://ride-duration-models/1/{RUN}/artifacts/compact/model.npz")
+    image_uri = setup_aws.ecr_image_uri("v1")
+    assert image_uri == IMAGE.format(tag="v1")  # moto's account and the fixture's region
+    made = setup_aws.up(image_uri)
+    boto3.client("sqs").send_message(QueueUrl=made["dead_letter_queue"], MessageBody='{"reason": "a test letter"}')
+    seen = setup_aws.describe()
+
+    role = seen["role"]
+    assert role["Arn"] == made["role"] and role["managed"] == []
+    assert role["trust"]["Statement"] == [
+        {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
+    ]
+    (policy,) = role["inline"].values()
+    assert [s["Sid"] for s in policy["Statement"]] == [
+        "ReadRideEvents",
+        "WritePredictions",
+        "SendDeadLetters",
+        "WriteLogs",
+        "ReadModel",
+    ]
+    events, predictions = (setup_aws.streaming.ride_events_stream(), setup_aws.streaming.predictions_stream())
+    assert {name: (s["StreamARN"], s["StreamStatus"]) for name, s in seen["streams"].items()} == {
+        events: (made["events_stream"], "ACTIVE"),
+        predictions: (made["predictions_stream"], "ACTIVE"),
+    }
+    queue = seen["dead_letter_queue"]
+    assert queue["QueueUrl"] == made["dead_letter_queue"] and queue["MessageRetentionPeriod"] == str(14 * 24 * 3600)
+    assert queue["ApproximateNumberOfMessages"] == "1"
+    assert seen["function"] == {
+        "ImageUri": image_uri,
+        "PackageType": "Image",
+        "MemorySize": setup_aws.MEMORY_MB,
+        "Timeout": setup_aws.TIMEOUT_S,
+        "Architectures": ["x86_64"],  # Lambda's default: the Dockerfile's base image is built for it
+        "Environment": {
+            "Variables": {
+                "MODEL_LOCATION": f"s3://ride-duration-models/1/{RUN}/artifacts/compact/model.npz",
+                "MODEL_BUCKET": "ride-duration-models",
+                "MLFLOW_EXPERIMENT_ID": "1",
+                "PREDICTIONS_STREAM_NAME": predictions,
+                "DEAD_LETTER_QUEUE": made["dead_letter_queue"],
+            }
+        },
+        "Role": made["role"],
+        "State": "Active",
+    }
+    assert seen["event_source_mappings"] == [
+        {
+            "UUID": made["event_source_mapping"],
+            "EventSourceArn": made["events_stream"],
+            "State": "Enabled",
+            "StartingPosition": "LATEST",
+            "BatchSize": 100,
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
+            "BisectBatchOnFunctionError": True,
+            "MaximumRetryAttempts": 3,
+            "MaximumRecordAgeInSeconds": 3600,
+            "DestinationConfig": {"OnFailure": {"Destination": queue["QueueArn"]}},
+        }
+    ]
+
+    boto3.client("sqs").purge_queue(QueueUrl=queue["QueueUrl"])
+    assert setup_aws.down() == [
+        f"removed event-source mapping {made['event_source_mapping']}",
+        f"removed function {setup_aws.function_name()}",
+        f"removed role {setup_aws.role_name()}",
+        f"removed stream {events}",
+        f"removed stream {predictions}",
+        f"removed queue {setup_aws.streaming.dead_letter_queue()}",
+    ]
+    assert setup_aws.describe() == {
+        "role": None,
+        "streams": {events: None, predictions: None},
+        "dead_letter_queue": None,
+        "function": None,
+        "event_source_mappings": [],
+    }
+
+
+def test_show_prints_what_describe_reads(setup_aws, capsys):
+    made = setup_aws.up(IMAGE.format(tag="v1"))
+    setup_aws.main(["show"])
+    shown = json.loads(capsys.readouterr().out)
+    assert shown == setup_aws.describe() and shown["function"]["ImageUri"] == IMAGE.format(tag="v1")
+    assert shown["event_source_mappings"][0]["UUID"] == made["event_source_mapping"]
+
+
+def test_the_architecture_given_is_the_functions_and_x86_64_is_the_default(setup_aws, monkeypatch, capsys):
+    monkeypatch.delenv("LAMBDA_ARCHITECTURE", raising=False)
+    setup_aws.main(["up", "--image-uri", IMAGE.format(tag="v1")])
+    assert setup_aws.describe()["function"]["Architectures"] == ["x86_64"]
+    setup_aws.down()
+    setup_aws.main(["up", "--image-uri", IMAGE.format(tag="v1"), "--architecture", "arm64"])
+    assert setup_aws.describe()["function"]["Architectures"] == ["arm64"]
+    setup_aws.down()
+    monkeypatch.setenv("LAMBDA_ARCHITECTURE", "arm64")
+    setup_aws.main(["up", "--image-uri", IMAGE.format(tag="v1")])
+    assert setup_aws.describe()["function"]["Architectures"] == ["arm64"]
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_an_unknown_architecture_is_refused_before_anything_is_made(setup_aws, monkeypatch, capsys, how):
+    argv = ["up", "--image-uri", IMAGE.format(tag="v1")]
+    if how == "option":
+        argv += ["--architecture", "amd64"]
+    else:
+        monkeypatch.setenv("LAMBDA_ARCHITECTURE", "amd64")
+    with pytest.raises(SystemExit) as stopped:
+        setup_aws.main(argv)
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert "amd64" in error and "x86_64" in error and "arm64" in error
+    assert setup_aws.describe()["function"] is None and setup_aws.describe()["role"] is None

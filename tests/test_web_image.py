@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import runpy
 import shlex
 import shutil
 import subprocess
@@ -21,7 +22,8 @@ from ride_duration.local.background import serve_in_background
 REPO = Path(__file__).resolve().parent.parent
 WEB_SERVICE = REPO / "web-service"
 DOCKERFILE = WEB_SERVICE / "Dockerfile"
-RIDE = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40}
+# What web-service/test.py sends when given no ride: its answer is checked against the pipeline.
+RIDE = runpy.run_path(str(REPO / "web-service" / "test.py"))["RIDE"]
 
 
 def pins(path: Path) -> dict[str, str]:

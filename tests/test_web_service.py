@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,8 @@ from ride_duration.service import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RIDES
 REPO = Path(__file__).resolve().parent.parent
 WEB_SERVICE = REPO / "web-service"
 WORKERS = 2
-RIDE = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40}
+# What web-service/test.py sends when given no ride: its answer is checked against the pipeline.
+RIDE = runpy.run_path(str(REPO / "web-service" / "test.py"))["RIDE"]
 
 
 @pytest.fixture(scope="module")

@@ -94,7 +94,7 @@ def test_the_readmes_docker_commands_fit_the_dockerfile_and_the_service():
     """The build names this Dockerfile with the repository as its context (its COPY sources are
     there), and every variable a `docker run` passes is one the service or its libraries read."""
     readme = (FOLDER / "README.md").read_text().replace("\\\n", " ")
-    builds = re.findall(r"docker build -f (\S+) -t \S+ (\S+)", readme)
+    builds = re.findall(r"docker build --platform linux/amd64 -f (\S+) -t \S+ (\S+)", readme)
     assert builds == [("web-service-mlflow/Dockerfile", ".")]
     copied = re.findall(r"^COPY (.+) \S+$", (FOLDER / "Dockerfile").read_text(), re.M)
     assert copied and all((REPO / source).exists() for line in copied for source in line.split())

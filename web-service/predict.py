@@ -14,7 +14,7 @@ module, so loads the model once, before it answers anything.
 import os
 import sys
 
-from flask import Flask
+from flask import Flask, request
 
 from ride_duration import service
 from ride_duration.config import SettingError, models_dir
@@ -42,7 +42,16 @@ def predict():
     return service.answer(answers[0] if single else answers)
 
 
+@app.post("/invocations")
+def invocations():
+    # MLflow's scoring protocol, as `mlflow models serve` speaks it: MLflow's clients and SageMaker call this.
+    rides = service.parse_invocation(service.body(), request.content_type, limits.max_rides)  # 400 or 415
+    durations = model.predict(rides)
+    return service.answer({"predictions": [float(d) for d in durations]})
+
+
 @app.get("/health")
+@app.get("/ping")  # MLflow's and SageMaker's name for the same check
 def health():
     # The model is loaded before the app exists, so answering means ready.
     return service.answer({"status": "ok", "model_version": model.version})

@@ -2,10 +2,10 @@
 
     python test.py [URL] [--ride JSON] [--json]
 
-URL [$PREDICT_URL, else http://localhost:9696/predict]. The ride [a 40-mile trip from
-zone 10 to zone 50] may also be a JSON list of rides. Each answer is printed as a line,
-minutes to one decimal; --json prints the service's JSON answer as it came. Standard
-library only, so it runs wherever Python does.
+URL [$PREDICT_URL, else http://localhost:9696/predict]. The ride [3.66 miles from zone 130,
+Jamaica, to zone 205, Saint Albans, both in Queens] may also be a JSON list of rides. Each
+answer is printed as a line, minutes to one decimal; --json prints the service's JSON answer
+as it came. Standard library only, so it runs wherever Python does.
 """
 
 import argparse
@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 
 DEFAULT_URL = "http://localhost:9696/predict"
-RIDE = {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40}
+RIDE = {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}
 
 
 def predict(url: str, ride, timeout: float = 10.0) -> tuple[int, object]:

@@ -20,7 +20,7 @@ from ride_duration.models import ModelNotFound
 WEB_SERVICE = REPO_ROOT / "web-service"
 SAMPLE_RIDES = [
     {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66},
-    {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40},
+    {"PULocationID": 166, "DOLocationID": 132, "trip_distance": 17.5},  # Morningside Heights to JFK
     {"PULocationID": 74, "DOLocationID": 75, "trip_distance": 0.9},
 ]
 BAD_RIDE = {"PULocationID": 130, "DOLocationID": 300, "trip_distance": 3.66}

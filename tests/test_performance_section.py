@@ -1,0 +1,68 @@
+"""The README's Performance section is generated from benchmarks/results.json, and the batch
+benchmark's targets and table follow its runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def benchmark_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_performance_section_is_what_the_renderer_makes_of_the_results_file():
+    results = benchmark_module("results")
+    readme = (REPO / "README.md").read_text()
+    section = results.render(json.loads(results.RESULTS.read_text()))
+    assert section.startswith("## Performance\n") and section in readme
+    assert results.readme_with(readme, section) == readme
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "results.py"), "check"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout
+
+
+def test_the_check_fails_when_the_section_was_edited_by_hand():
+    results = benchmark_module("results")
+    readme = (REPO / "README.md").read_text()
+    section = results.render(json.loads(results.RESULTS.read_text()))
+    edited = readme.replace(section, section.replace("| linear |", "| linear (edited) |", 1))
+    assert edited != readme and results.readme_with(edited, section) == readme
+
+
+def run(variant: str, model: str | None, rows_per_second: float, peak_mb: float) -> dict:
+    return dict(
+        month="synthetic",
+        file="month.parquet",
+        model=model,
+        variant=variant,
+        rows=1_000,
+        seconds=1_000 / rows_per_second,
+        rows_per_second=rows_per_second,
+        peak_mb=peak_mb,
+    )
+
+
+def test_batch_targets_and_table_are_computed_from_the_runs():
+    bench, results = benchmark_module("batch"), benchmark_module("results")
+    runs = [
+        run("floor", None, 2_000.0, 100.0),
+        run("score.py", "lin_reg", 900.0, 50.0),
+        run("course", "lin_reg", 100.0, 400.0),
+    ]
+    checks = {check["what"]: check for check in bench.targets(runs)}
+    assert checks["rows/s, x the course's"]["value"] == 9.0 and checks["rows/s, x the course's"]["met"]
+    assert checks["rows/s, x the I/O floor's"]["value"] == 0.45 and not checks["rows/s, x the I/O floor's"]["met"]
+    assert checks["peak memory, x the course's"]["value"] == 0.125 and checks["peak memory, x the course's"]["met"]
+    table = results.render_batch({"description": "how", "runs": runs, "targets": list(checks.values())})
+    assert "| synthetic, month.parquet (1,000 rows) | linear | 900 | 100 | 9.0 | 2,000 | 0.45 | 50 / 400 |" in table
+    assert "rows/s, x the I/O floor's 0.45 (target >= 0.5: **not met**)" in table
