@@ -326,7 +326,10 @@ def test_a_model_file_of_unknown_kind_stops_the_start_not_every_prediction(npz, 
     np.savez(path, **mystery)
     with pytest.raises(ServiceFailed, match="web-service cannot start: .*mystery") as failure:
         serve_in_background(WEB_SERVICE, {"MODEL_PATH": str(path)}, timeout=30)
-    assert "Traceback" not in str(failure.value)
+    # No traceback from the service's own code. (When both workers fail at once, gunicorn's
+    # arbiter may print its own HaltServer traceback while it stops: that one is gunicorn's.)
+    frames = re.findall(r'File "([^"]+)"', str(failure.value))
+    assert not [f for f in frames if "predict.py" in f or "/ride_duration/" in f], frames
 
 
 def test_an_unusable_limit_stops_the_start_with_its_name(npz):
