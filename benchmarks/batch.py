@@ -9,8 +9,8 @@ Two months are scored: a real one (from the TLC mirror or cache) and a synthetic
 For each month and model, these variants run, each in a fresh process of its own:
 
 - score.py: `batch/score.py --input <month> --model models/<model>.npz` (chunks of
-  BATCH_CHUNK_ROWS rows, batch's model: the linear export, or the forest on scikit-learn's
-  compiled trees; a streaming parquet writer);
+  BATCH_CHUNK_ROWS rows, batch's model: the linear export, or the forest walked as
+  BATCH_FOREST_WALK picks; a streaming parquet writer);
 - course: what the original course's batch script does with the same pipeline: read the
   whole month with pandas, one uuid4 per ride, `df.to_dict(orient="records")`, one
   scikit-learn `pipeline.predict` over all rows (models/<model>.pkl), then `to_parquet`;
@@ -271,8 +271,9 @@ DESCRIPTION = (
     "score.py reads, read in the same chunks, and a file of the output's shape written, with no cleaning and "
     "no model). Each run in a fresh process; seconds include imports, model load, read, score and write; "
     "rows/s over the month's raw rows; peak MB is the process's resident peak. score.py's memory stays "
-    "bounded by `BATCH_CHUNK_ROWS` whatever the month's size. The forest is walked by scikit-learn's compiled "
-    "trees rebuilt from the `.npz`, on both cores ([`batch/README.md`](batch/README.md))."
+    "bounded by `BATCH_CHUNK_ROWS` whatever the month's size. The forest is walked on both cores, with numpy "
+    "for the real month and by scikit-learn's compiled trees, rebuilt from the `.npz`, for the 3M-row one "
+    "(`BATCH_FOREST_WALK=auto`: [`batch/README.md`](batch/README.md#scale))."
 )
 
 

@@ -14,6 +14,7 @@ BATCH_MODEL [models/lin_reg.npz] the model used when none is given
 BATCH_CHUNK_ROWS [250000]        rows read, scored and written at once
 BATCH_SPARK_MASTER [local[2]]    where `--engine spark` runs
 BATCH_THREADS [the CPU count]    threads that walk a forest (BatchModel)
+BATCH_FOREST_WALK [auto]         numpy, scikit-learn, or auto: by the month's size (BatchModel)
 
 Output: <root>/taxi_type=<t>/year=<yyyy>/month=<mm>/<model_version>.parquet with columns
 ride_id, pickup_datetime, PULocationID, DOLocationID, actual_duration, predicted_duration,
@@ -113,14 +114,20 @@ def threads() -> int:
 
 
 class BatchModel(CompactModel):
-    """The numpy export, with a forest walked by scikit-learn's compiled trees when scikit-learn
-    is installed, on every core (BATCH_THREADS): over a month that is several times the numpy
-    walk (README, Performance), and a batch job can afford scikit-learn's import, which the
-    services cannot. The trees are rebuilt from the export's arrays (no pickle), and every
-    ride's trees are summed in the numpy walk's order: the predictions are the walk's, bit for bit.
-    Without scikit-learn, or for a linear model, predict is CompactModel's."""
+    """The numpy export, with a forest walked on every core (BATCH_THREADS) by whichever walk
+    scores the month sooner (BATCH_FOREST_WALK [auto]):
 
-    _trees = None  # [(scikit-learn Tree, its leaf values)], built at the first forest prediction
+    - scikit-learn's compiled trees, rebuilt from the export's arrays (no pickle): about twice
+      the numpy walk's speed per row, for scikit-learn's import (about 1 s, once per run);
+    - the numpy walk, on row slices in threads (numpy releases the GIL): for a month of fewer
+      than COMPILED_TREES_FROM_ROWS rows, that import costs more than it saves.
+
+    Each ride's trees are summed in the numpy walk's order, so both give the same predictions,
+    bit for bit. Without scikit-learn installed the numpy walk is used; a linear model is
+    CompactModel's."""
+
+    _trees = None  # [(scikit-learn Tree, its leaf values)], built at the first compiled walk
+    month_rows: int | None = None  # the month's rows, when known (`for_month`): picks the walk
 
     @classmethod
     def of(cls, model: CompactModel) -> BatchModel:
@@ -129,23 +136,40 @@ class BatchModel(CompactModel):
         batch_model.__dict__.update(vars(model))
         return batch_model
 
+    def for_month(self, rows: int) -> BatchModel:
+        """This model, to score a month of `rows` rows (the arrays are shared, not copied)."""
+        forest_walk()  # a bad BATCH_FOREST_WALK fails here, before a row is read
+        sized = BatchModel.of(self)
+        sized.month_rows = rows
+        return sized
+
     def predict(self, rides) -> np.ndarray:
-        if self.kind != "forest" or not self._compiled_trees():
+        if self.kind != "forest":
             return super().predict(rides)
         one_hot, numbers = self.encode(rides)
-        rides_matrix = self._one_hot_matrix(one_hot, numbers)
-        rows = rides_matrix.shape[0]
+        rows = len((one_hot or numbers)[0])
         if not rows:
             return np.empty(0)
-        # Row slices, one per thread: scikit-learn's tree walk releases the GIL.
-        step = max(FOREST_SLICE_ROWS, -(-rows // threads()))
-        slices = [rides_matrix[i : i + step] for i in range(0, rows, step)]
-        if len(slices) == 1:
-            return self._forest_mean(slices[0])
+        if self._compiled_walk():
+            rides_matrix = self._one_hot_matrix(one_hot, numbers)
+            step = max(FOREST_SLICE_ROWS, -(-rows // threads()))  # one slice per thread, or more
+            slices = [rides_matrix[i : i + step] for i in range(0, rows, step)]
+            walk = self._forest_mean
+        else:
+            step = FOREST_SLICE_ROWS  # the walk's arrays are rows x trees: larger slices leave the cache
+            slices = [
+                ([c[i : i + step] for c in one_hot], [v[i : i + step] for v in numbers]) for i in range(0, rows, step)
+            ]
+            walk = self._numpy_walk
+        if len(slices) == 1 or threads() == 1:
+            return np.concatenate([walk(part) for part in slices])
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(len(slices)) as pool:
-            return np.concatenate(list(pool.map(self._forest_mean, slices)))
+        with ThreadPoolExecutor(min(threads(), len(slices))) as pool:
+            return np.concatenate(list(pool.map(walk, slices)))
+
+    def _numpy_walk(self, inputs) -> np.ndarray:
+        return self._predict_forest(*inputs)
 
     def _forest_mean(self, rides_matrix) -> np.ndarray:
         total = np.zeros(rides_matrix.shape[0])
@@ -166,7 +190,12 @@ class BatchModel(CompactModel):
         width = len(self.arrays["column_feature"])
         return csr_matrix((values[seen], columns[seen].astype(np.int32), row_starts), shape=(rows, width))
 
-    def _compiled_trees(self) -> bool:
+    def _compiled_walk(self) -> bool:
+        """Whether the forest is walked by scikit-learn's compiled trees (built here the first time)."""
+        walk = forest_walk()
+        small_month = self.month_rows is not None and self.month_rows < COMPILED_TREES_FROM_ROWS
+        if walk == "numpy" or (walk == "auto" and small_month):
+            return False
         if self._trees is None:
             try:
                 from sklearn.tree._tree import NODE_DTYPE, Tree
@@ -177,7 +206,19 @@ class BatchModel(CompactModel):
         return bool(self._trees)
 
 
-FOREST_SLICE_ROWS = 16_384  # fewer rows per call, and the call's own cost shows (measured)
+FOREST_SLICE_ROWS = 16_384  # rows per walk call: fewer, and the call's own cost shows; more leave the cache (measured)
+# Where scikit-learn's import pays for itself. Measured on 2 cores with BATCH_FOREST_WALK set (benchmarks/batch.py):
+# the numpy walk was ahead by 0.5 s at 200,000 rows, behind by 1.5 s at 600,000 (5 us per row).
+COMPILED_TREES_FROM_ROWS = 300_000
+FOREST_WALKS = ("auto", "numpy", "scikit-learn")
+
+
+def forest_walk() -> str:
+    """BATCH_FOREST_WALK [auto]: one of FOREST_WALKS (auto: by the month's size)."""
+    walk = os.environ.get("BATCH_FOREST_WALK", "").strip() or "auto"
+    if walk not in FOREST_WALKS:
+        raise config.SettingError(f"BATCH_FOREST_WALK must be {', '.join(FOREST_WALKS)}, got {walk!r}")
+    return walk
 
 
 def _scikit_learn_trees(arrays: dict[str, np.ndarray], node_dtype, tree_class) -> list:
@@ -247,7 +288,7 @@ def prepare(
     taxi_type, year, month = _check_month(taxi_type, year, month)
     source = Path(source) if source is not None else data.trip_file(taxi_type, year, month)
     rows_read, columns = check_trip_file(source, taxi_type)
-    model = compact_model(model if model is not None else default_model())
+    model = compact_model(model if model is not None else default_model()).for_month(rows_read)
     root = output if output is not None else default_output()
     location = output_location(root, taxi_type, year, month, model.version)
     return Job(taxi_type, year, month, source, rows_read, columns, model, location, rows or chunk_rows())
@@ -669,6 +710,7 @@ def spark_session():
         .config("spark.executorEnv.PYTHONWARNINGS", PYSPARK_PANDAS_WARNING)
         # One thread per task for the forest: Spark's tasks already take every core.
         .config("spark.executorEnv.BATCH_THREADS", os.environ.get("BATCH_THREADS", "1"))
+        .config("spark.executorEnv.BATCH_FOREST_WALK", forest_walk())
         .getOrCreate()
     )
     # A failed job is reported in one line (_spark_reason); ERROR would add the JVM's stack traces.

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ride_duration import batch, data
+from ride_duration import batch, config, data
 from ride_duration.models import ModelNotFound, load_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,21 +116,45 @@ def test_forest_predictions_match_scikit_learn(small_forest, trips, output):
     assert Path(result.location).name == "small_forest-test.parquet"
 
 
-def test_batch_forest_is_the_numpy_walk_bit_for_bit_on_every_thread_count(small_forest, trips, monkeypatch):
+@pytest.mark.parametrize("walk", ["numpy", "scikit-learn"])
+def test_batch_forest_is_the_numpy_walk_bit_for_bit_on_every_thread_count(small_forest, trips, monkeypatch, walk):
     from ride_duration.compact import CompactModel
 
-    walk = CompactModel.from_pipeline(small_forest, version="small_forest-test")
+    compact = CompactModel.from_pipeline(small_forest, version="small_forest-test")
     rides = trips[1]
-    expected = walk.predict(rides)
+    expected = compact.predict(rides)
     monkeypatch.setattr(batch, "FOREST_SLICE_ROWS", 1_000)  # several slices per chunk
+    monkeypatch.setenv("BATCH_FOREST_WALK", walk)
     for count in (1, 3):
         monkeypatch.setenv("BATCH_THREADS", str(count))
-        model = batch.compact_model(walk)
+        model = batch.compact_model(compact)
         predicted = model.predict(rides)
-        assert model._trees, "the forest was not walked by scikit-learn's trees"
+        assert bool(model._trees) == (walk == "scikit-learn"), "the forest was not walked as BATCH_FOREST_WALK says"
         np.testing.assert_array_equal(predicted, expected)
     np.testing.assert_allclose(predicted, small_forest.predict(rides), rtol=0, atol=1e-9)
     assert len(model.predict(rides.head(0))) == 0
+
+
+def test_the_month_size_picks_the_forest_walk(small_forest, trips, monkeypatch):
+    from ride_duration.compact import CompactModel
+
+    model = batch.compact_model(CompactModel.from_pipeline(small_forest, version="small_forest-test"))
+    rides = trips[1].head(3_000)
+    small = model.for_month(batch.COMPILED_TREES_FROM_ROWS - 1)
+    large = model.for_month(batch.COMPILED_TREES_FROM_ROWS)
+    np.testing.assert_array_equal(small.predict(rides), large.predict(rides))
+    assert small._trees is None, "a small month imported scikit-learn for its forest"
+    assert large._trees, "a large month was not walked by scikit-learn's trees"
+    assert model.month_rows is None and model._trees is None, "for_month changed the model it was called on"
+    monkeypatch.setenv("BATCH_FOREST_WALK", "scikit-learn")
+    small.predict(rides.head(10))
+    assert small._trees, "BATCH_FOREST_WALK=scikit-learn did not override the month's size"
+
+
+def test_a_bad_forest_walk_setting_fails_before_a_row_is_read(model_files, output, monkeypatch):
+    monkeypatch.setenv("BATCH_FOREST_WALK", "fastest")
+    with pytest.raises(config.SettingError, match="BATCH_FOREST_WALK must be auto, numpy, scikit-learn, got 'fastest'"):
+        batch.prepare("green", 2021, 2, model_files[1], output)
 
 
 def test_batch_forest_falls_back_to_the_numpy_walk_without_scikit_learn(small_forest, trips, monkeypatch):
