@@ -4,10 +4,11 @@
     python benchmarks/results.py check    # exit 1 if README.md's section is not what render makes
 
 benchmarks/results.json holds one section per benchmark: when it ran, on what machine, the
-command that reproduces it, and its figures. A benchmark that writes its own figures
-(benchmarks/batch.py --results) stores its runs and the issue's targets, and the table is
-made here; the others' sections hold their table as they recorded it. Standard library only:
-benchmarks/batch.py's parent process imports this and must stay small.
+command that reproduces it, and its figures. Each benchmark writes its own section when given
+--results (`make bench` gives it): batch.py stores its runs and the issue's targets, and its
+table is made here; startup.py, web_service.py and streaming.py store the table they print.
+The "setup" section is the one written by hand, from a fresh clone's `.ci/run` and `make demo`.
+Standard library only: benchmarks/batch.py's parent process imports this and must stay small.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ RESULTS = REPO / "benchmarks" / "results.json"
 README = REPO / "README.md"
 HEADING = "## Performance"
 NEXT_HEADING = "\n## "
-ORDER = ("setup", "startup", "web_service", "streaming", "batch")
+ORDER = ("setup", "startup", "web_service", "web_service_slow_clients", "web_service_design", "streaming", "batch")
 MODEL_NAMES = {"lin_reg": "linear", "random_forest": "random forest"}
 
 
@@ -69,7 +70,7 @@ def render(results: dict) -> str:
     for name in ORDER:
         if name in results:
             section = results[name]
-            body = render_batch(section) if name == "batch" else section["markdown"].strip()
+            body = render_batch(section) if name == "batch" else wrapped(section["markdown"].strip())
             parts.append(
                 prose(f"**{section['title']}** (`{section['command']}`, {section['date']}, {section['machine']}):")
             )
@@ -131,9 +132,23 @@ def render_batch(section: dict) -> str:
     return "\n\n".join(parts)
 
 
-def prose(text: str) -> str:
+def wrapped(markdown: str) -> str:
+    """Markdown with its paragraphs and list items wrapped as the README's are; tables kept whole."""
+    blocks = []
+    for block in markdown.split("\n\n"):
+        if block.startswith("|"):
+            blocks.append(block)
+        elif block.startswith("- "):
+            items = ("- " + item for item in block[2:].split("\n- "))
+            blocks.append("\n".join(prose(" ".join(item.split()), indent="  ") for item in items))
+        else:
+            blocks.append(prose(" ".join(block.split())))
+    return "\n\n".join(blocks)
+
+
+def prose(text: str, indent: str = "") -> str:
     """A paragraph wrapped as the README's are."""
-    return textwrap.fill(text, width=95, break_long_words=False, break_on_hyphens=False)
+    return textwrap.fill(text, width=95, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False)
 
 
 def readme_with(readme: str, section: str) -> str:

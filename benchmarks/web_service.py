@@ -3,7 +3,7 @@
     python benchmarks/web_service.py [--app-dir web-service] [--env NAME=VALUE] [--url URL]
                                      [--connections 16] [--rounds 5] [--duration 3]
                                      [--loadgen auto|wrk|python] [--gunicorn-arg=--workers=4]
-                                     [--slow-clients 50]
+                                     [--slow-clients 50] [--results benchmarks/results.json]
 
 Measures requests/s and p50/p99 latency at N concurrent keep-alive connections, in one run,
 for three services, all started on free loopback ports and measured in turns, back to back
@@ -25,6 +25,9 @@ Nothing leaves the loopback interface; every run is bounded by --duration.
 With --slow-clients N, N more connections to each service send their requests a byte at a
 time throughout (half stall in their headers, half in their bodies, each opened again when
 the server cuts it off), and the report says how many were cut off and after how long at most.
+
+With --results, the table goes to that file's "web_service" section (with --slow-clients,
+"web_service_slow_clients"), from which benchmarks/results.py renders the README's Performance.
 
 To measure web-service-mlflow instead, for example:
     python benchmarks/web_service.py --app-dir web-service-mlflow --env MODEL_URI=models:/ride-duration@production
@@ -236,6 +239,7 @@ def main(argv=None) -> int:
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--skip", default="", help="letters of services not to run, e.g. 'c'")
     parser.add_argument("--slow-clients", type=int, default=0, metavar="N", help="connections trickling requests")
+    parser.add_argument("--results", type=Path, default=None, help="write the table to this results file")
     args = parser.parse_args(argv)
     if args.loadgen == "auto":
         args.loadgen = "wrk" if shutil.which("wrk") else "python"
@@ -257,6 +261,7 @@ def main(argv=None) -> int:
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
     urls: dict[str, tuple[str, str, int | None]] = {}  # key -> (name, url, process group)
+    settings = "as started at --url"
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as running:
         # All three stay up; idle ones cost nothing, and taking turns in rounds spreads any
         # other load on the machine over all of them alike.
@@ -266,7 +271,8 @@ def main(argv=None) -> int:
             else:
                 service = running.enter_context(serve_in_background(args.app_dir, env, app=args.app, args=extra))
                 urls["a"] = (f"(a) {args.app_dir.name}/{args.app}", service.predict_url, service.process.pid)
-                print(f"gunicorn settings of (a) and (b): {gunicorn_settings(service.command)}")
+                settings = gunicorn_settings(service.command)
+                print(f"gunicorn settings of (a) and (b): {settings}")
         if "b" not in args.skip:
             service = running.enter_context(serve_in_background(REPO / "benchmarks", app="bare_app:app", args=extra))
             urls["b"] = ("(b) bare Flask, constant JSON", service.predict_url, service.process.pid)
@@ -276,27 +282,78 @@ def main(argv=None) -> int:
                 serve_in_background(REPO / "benchmarks", naive_env, app="naive_app:app", config=None)
             )
             urls["c"] = ("(c) course style, 1 sync worker", service.predict_url, service.process.pid)
-        slow = [
-            running.enter_context(SlowClients(address_of(url), args.slow_clients))
-            for _, url, _ in urls.values()
+        slow = {
+            key: running.enter_context(SlowClients(address_of(url), args.slow_clients))
+            for key, (_, url, _) in urls.items()
             if args.slow_clients
-        ]
+        }
         rounds = {key: [] for key in urls}
         for _ in range(args.rounds):
             for key, (name, url, group) in urls.items():
                 rounds[key].append(measure(name, url, args, group))
-        cut_off = [seconds for clients in slow for seconds in clients.cut_off]
-    report(rounds)
+    checks, errors = report(rounds)
+    slow_line = ""
     if slow:
-        print(
-            f"slow clients: {args.slow_clients} per service throughout; the servers cut off {len(cut_off)}, "
-            f"after {max(cut_off, default=float('nan')):.1f} s at most"
+        per_service = "; ".join(
+            f"({key}) {len(clients.cut_off)}, after {max(clients.cut_off, default=float('nan')):.1f} s at most"
+            for key, clients in slow.items()
         )
+        slow_line = f"slow clients: {args.slow_clients} per service throughout; cut off by each server: {per_service}"
+        print(slow_line)
     print(
         f"load average at the end: {os.getloadavg()[0]:.1f} (anything near or above the core count "
         f"means other work shared the cores, and requests/s and p99 suffer)"
     )
+    if args.results:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        import results as results_file
+
+        section = "web_service_slow_clients" if slow else "web_service"
+        title = f"Web service, with {args.slow_clients} slow clients per service" if slow else "Web service"
+        command = "python benchmarks/web_service.py" + (f" --slow-clients {args.slow_clients}" if slow else "")
+        markdown = table(rounds, checks, errors, args, settings, slow_line)
+        record = {"title": title, "command": command, "markdown": markdown, "checks": checks, "errors": errors}
+        results_file.update(args.results, section, record)
+        print(f"written to {args.results}")
     return 0
+
+
+NAMES = {
+    "a": "(a) `{app_dir}/`, the numpy export",
+    "b": "(b) ceiling: a bare Flask endpoint on the same settings",
+    "c": "(c) the course's style: 1 sync worker, scikit-learn per request",
+}
+
+
+def table(rounds: dict[str, list[Measure]], checks: list[dict], errors: int, args, settings: str, slow: str) -> str:
+    """The README's table of the median rounds, and the ratios against its targets."""
+    generator = "wrk" if args.loadgen == "wrk" else "the package's Python load generator"
+    lines = [
+        f"{generator}, {args.connections} keep-alive connections, {args.rounds} rounds of {args.duration} s, "
+        "medians of the rounds.",
+        "",
+        "| service | requests/s | p50 ms | p99 ms | server CPU per request |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for key, runs in rounds.items():
+        m = median_of(runs)
+        name = NAMES[key].format(app_dir=args.app_dir.name)
+        if m.requests:
+            lines.append(f"| {name} | {m.rps:,.0f} | {m.p50_ms:.1f} | {m.p99_ms:.1f} | {m.cpu_us:,.0f} us |")
+        else:
+            lines.append(f"| {name} | 0: no request answered | | | |")
+    lines += ["", f"gunicorn settings of (a) and (b): `{settings}`.", ""]
+    for check in checks:
+        verdict = f"target {check['op']} {check['target']:g}: {'met' if check['met'] else '**not met**'}"
+        if check["value"] == float("inf"):
+            other = check["what"].split("/")[1]
+            lines.append(f"- {check['what']}: ({other}) answered nothing ({verdict})")
+        else:
+            lines.append(f"- {check['what']}: {check['value']:.2f} ({verdict}; {check['detail']})")
+    lines.append(f"- errors in all rounds: {errors}")
+    if slow:
+        lines.append(f"- {slow}")
+    return "\n".join(lines)
 
 
 def address_of(url: str) -> tuple[str, int]:
@@ -322,22 +379,27 @@ def gunicorn_settings(command: list[str]) -> str:
     return settings
 
 
-def report(rounds: dict[str, list[Measure]]) -> None:
+def report(rounds: dict[str, list[Measure]]) -> tuple[list[dict], int]:
     """Each service's median round, then the ratios: the median over rounds of a/b and a/c
-    measured back to back, which other load on the machine disturbs least."""
+    measured back to back, which other load on the machine disturbs least. Returns the checks
+    against TARGETS and the errors of all rounds."""
     results = {key: median_of(runs) for key, runs in rounds.items()}
     print(
         f"{'service (median round)':36} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'server CPU/req':>15}"
     )
     for m in results.values():
         print(f"{m.name:36} {m.rps:8,.0f} {m.p50_ms:7.2f} {m.p99_ms:7.2f} {m.errors:6d} {m.cpu_us:12.0f} us")
+    errors = sum(m.errors for runs in rounds.values() for m in runs)
     if "a" not in rounds:
-        return
+        return [], errors
     checks = []
     for other in ("b", "c"):
         if other in rounds:
-            ratios = sorted(a.rps / o.rps for a, o in zip(rounds["a"], rounds[other]))
-            cpu = sorted(o.cpu_us / a.cpu_us for a, o in zip(rounds["a"], rounds[other]))
+            # A service that answered nothing (the course's one sync worker under slow clients) is infinitely behind.
+            ratios = sorted(a.rps / o.rps if o.requests else float("inf") for a, o in zip(rounds["a"], rounds[other]))
+            cpu = sorted(
+                o.cpu_us / a.cpu_us if o.requests else float("inf") for a, o in zip(rounds["a"], rounds[other])
+            )
             checks.append(
                 (
                     f"a/{other}",
@@ -351,11 +413,13 @@ def report(rounds: dict[str, list[Measure]]) -> None:
     checks.append(
         ("p99 of (a), ms", p99[len(p99) // 2], "<=", TARGETS["p99_ms"], f"rounds {', '.join(f'{v:.1f}' for v in p99)}")
     )
-    errors = sum(m.errors for runs in rounds.values() for m in runs)
+    verdicts = []
     for label, value, op, target, detail in checks:
         met = value >= target if op == ">=" else value <= target
         print(f"{label:15} {value:6.2f}  target {op} {target:g}: {'met' if met else 'NOT met':8} ({detail})")
+        verdicts.append({"what": label, "value": value, "op": op, "target": target, "met": met, "detail": detail})
     print(f"errors in all rounds: {errors}")
+    return verdicts, errors
 
 
 if __name__ == "__main__":
