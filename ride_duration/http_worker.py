@@ -13,10 +13,12 @@ Limits, read where the settings are checked (ride_duration/service.py):
   then the connection is closed. An idle keep-alive connection closes after the same time.
 - MAX_REQUEST_BYTES: at most that much of a body (plus one byte) is kept; the rest of a body
   up to service.DISCARD_LIMIT (16 MiB) is read and dropped, and the app answers 413. A body
-  announced or sent beyond it gets tornado's 400, and the connection is closed.
+  announced beyond it gets a 413 at once, and the connection is closed.
 - MAX_HEADER_BYTES: longer headers get a 431 and the connection is closed.
-Malformed framing (bad chunked encoding, a bad Content-Length, both of Content-Length and
-Transfer-Encoding) gets tornado's 400; pipelined requests are answered in order. Of
+Malformed framing (a bad request line or header, bad chunked encoding, a bad Content-Length,
+both of Content-Length and Transfer-Encoding, a chunked body beyond 16 MiB) gets a 400 and
+the connection is closed. Every one of these answers is JSON, as the app's are. Pipelined
+requests are answered in order. Of
 gunicorn's settings this worker uses the processes' ones (workers, bind, reuse_port, timeout,
 hooks); it writes no access log and ignores threads, keepalive and max_requests.
 """
@@ -56,6 +58,7 @@ HEADERS_TOO_LARGE = _raw_answer(
     "431 Request Header Fields Too Large", f"the request headers are longer than {MAX_HEADER_BYTES} bytes"
 )
 CHUNK_LINE_TOO_LONG = _raw_answer("400 Bad Request", "a chunk size line of the chunked request body is too long")
+TORNADO_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\n\r\n"  # all tornado says of a message it cannot parse
 
 
 class WholeRequestWorker(Worker):
@@ -90,16 +93,17 @@ class WholeRequestServer(HTTPServer):
         self.app, self.date = app, formatdate(usegmt=True)
         self.server_name, self.server_port = (address[0], str(address[1])) if isinstance(address, tuple) else ("", "")
         self.max_body_bytes, self.read_timeout = max_request_bytes(), request_read_timeout()
+        self.body_limit = max(DISCARD_LIMIT, self.max_body_bytes + 1)
         super().initialize(
             None,  # start_request below makes each request's handler
             idle_connection_timeout=self.read_timeout,  # tornado's time limit for the headers
             max_header_size=MAX_HEADER_BYTES,
-            max_body_size=max(DISCARD_LIMIT, self.max_body_bytes + 1),  # beyond it: tornado's 400
+            max_body_size=self.body_limit,  # beyond it tornado refuses the request (AnswerBeforeClosing)
         )
 
     def handle_stream(self, stream: IOStream, address) -> None:
         stream.__class__ = AnswerBeforeClosing  # TCPServer makes plain IOStreams; this one only adds a hook
-        stream.reading_body = False
+        stream.reading_body, stream.body_limit = False, self.body_limit
         return super().handle_stream(stream, address)
 
     def start_request(self, server_conn, request_conn) -> WholeRequest:
@@ -109,9 +113,24 @@ class WholeRequestServer(HTTPServer):
 
 class AnswerBeforeClosing(IOStream):
     """tornado closes a connection whose headers (or a chunk's size line) outgrow its limit
-    without a word; this stream answers first. close_fd is IOStream's hook for subclasses."""
+    without a word, and answers a message it cannot parse with a bare 400; this stream answers
+    both in JSON. close_fd is IOStream's hook for subclasses."""
 
     reading_body: bool
+    body_limit: int  # the most of a body that is read at all (tornado's max_body_size)
+    body_over_limit = False  # the request's Content-Length is beyond it: tornado refuses it next
+
+    def write(self, data, *args, **kwargs):
+        if data == TORNADO_BAD_REQUEST:
+            if self.body_over_limit:
+                data = _raw_answer("413 Content Too Large", f"the request body is longer than {self.body_limit} bytes")
+            else:
+                data = _raw_answer(
+                    "400 Bad Request",
+                    "the request cannot be parsed: its request line, a header, Content-Length, Transfer-Encoding "
+                    f"or chunked body is malformed, or its chunked body is over {self.body_limit} bytes",
+                )
+        return super().write(data, *args, **kwargs)
 
     def close_fd(self) -> None:
         if isinstance(self.error, UnsatisfiableReadError) and not self.writing():
@@ -133,7 +152,10 @@ class WholeRequest(httputil.HTTPMessageDelegate):
         self.start_line, self.headers = start_line, headers
         # What is left of the request's time limit, for the body (tornado counts it from now).
         self.connection.set_body_timeout(max(self.deadline - time.monotonic(), 0.001))
-        self.connection.stream.reading_body = True
+        stream = self.connection.stream
+        stream.reading_body = True
+        declared = headers.get("Content-Length", "")
+        stream.body_over_limit = declared.isdigit() and int(declared) > stream.body_limit
 
     def data_received(self, chunk: bytes) -> None:
         kept = self.server.max_body_bytes + 1 - self.size  # one byte more than allowed tells the app it is over

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -30,7 +37,32 @@ def test_pipeline_takes_raw_ride_dicts(linear_pipeline, trips):
 
 def test_baseline_rmse_is_the_reference_value(linear_pipeline, trips):
     valid = trips[1]
-    assert rmse(valid.duration, linear_pipeline.predict(valid)) == pytest.approx(6.7561, abs=1e-3)
+    assert rmse(valid.duration, linear_pipeline.predict(valid)) == pytest.approx(6.7560, abs=1e-3)
+
+
+LINEAR_FIT = """
+import sys, numpy as np
+from ride_duration import train
+train_df, valid_df = train.read_months("green:2021-01", "green:2021-02")
+np.save(sys.argv[1], train.fit("linear", train_df).predict(valid_df))
+"""
+
+
+def has_avx2() -> bool:
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.is_file() and " avx2" in cpuinfo.read_text()
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64") or not has_avx2(), reason="x86-64 kernels")
+def test_the_linear_fit_predicts_the_same_whatever_kernel_openblas_picks(tmp_path, tlc_mirror):
+    """What another CPU would do: OpenBLAS picks its kernels by CPU, OPENBLAS_CORETYPE forces one."""
+    predictions = []
+    for kernel in ("Prescott", "Haswell"):  # SSE3 only, and AVX2: every x86-64 CPU runs the first
+        out = tmp_path / f"{kernel}.npy"
+        env = {**os.environ, "OPENBLAS_CORETYPE": kernel, "TLC_MIRROR": str(tlc_mirror)}
+        subprocess.run([sys.executable, "-c", LINEAR_FIT, str(out)], env=env, check=True, timeout=300)
+        predictions.append(np.load(out))
+    np.testing.assert_allclose(predictions[0], predictions[1], rtol=0, atol=1e-9)
 
 
 def test_lasso_rmse_is_the_reference_value(trips):
@@ -121,7 +153,8 @@ def test_training_cli_writes_both_files(tmp_path, capsys, tlc_mirror):
 
     main(["--output", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "validation RMSE 6.7561" in out
+    printed = re.search(r"validation RMSE (\d+\.\d{4}) on 61,895 rides", out)
+    assert printed and float(printed[1]) == pytest.approx(6.7560, abs=1e-3), out
     assert (tmp_path / "lin_reg.pkl").is_file() and (tmp_path / "lin_reg.npz").is_file()
 
 

@@ -151,10 +151,30 @@ def test_a_byte_a_second_is_cut_off_at_the_time_limit(service):
     ],
     ids=["not hex", "no CRLF", "short chunk", "long size line"],
 )
-def test_a_bad_chunked_body_gets_a_400(service, chunks):
+def test_a_bad_chunked_body_gets_a_json_400(service, chunks):
     head = b"POST /predict HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
-    status, _, _ = answer_to(service, head + chunks)
+    status, headers, body = answer_to(service, head + chunks)
     assert status == 400
+    assert headers["content-type"] == "application/json" and "chunk" in json.loads(body)["error"]
+
+
+BROKEN_FRAMING = {
+    "request line": b"POST /predict\r\nHost: test\r\n\r\n",
+    "header without a colon": b"POST /predict HTTP/1.1\r\nHost test\r\nContent-Length: 2\r\n\r\n{}",
+    "Content-Length not a number": b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Length: two\r\n\r\n{}",
+    "Content-Length and chunked": (
+        b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}"
+    ),
+}
+
+
+@pytest.mark.parametrize("data", BROKEN_FRAMING.values(), ids=BROKEN_FRAMING.keys())
+def test_framing_tornado_cannot_parse_gets_a_json_400_naming_the_parts(service, data):
+    status, headers, body = answer_to(service, data)
+    assert status == 400
+    assert headers["content-type"] == "application/json"
+    assert "cannot be parsed" in json.loads(body)["error"]
+    assert answer_to(service, request(json.dumps(RIDE).encode()))[0] == 200
 
 
 def test_two_pipelined_requests_in_one_write_get_two_answers_in_order(service):
@@ -220,8 +240,9 @@ def test_a_body_longer_than_the_discard_limit_is_refused_and_the_service_goes_on
     from ride_duration.service import DISCARD_LIMIT
 
     head = f"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Length: {DISCARD_LIMIT + 1}\r\n\r\n".encode()
-    status, _, _ = answer_to(service, head)
-    assert 400 <= status < 500
+    status, headers, body = answer_to(service, head)
+    assert status == 413
+    assert headers["content-type"] == "application/json" and "longer than" in json.loads(body)["error"]
     assert answer_to(service, request(json.dumps(RIDE).encode()))[0] == 200
 
 
