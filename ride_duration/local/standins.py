@@ -145,34 +145,38 @@ def up(with_mlflow: bool = True) -> dict[str, str]:
         if with_mlflow and not _running(s, "mlflow"):
             _stop(s, "mlflow")
             _refuse_foreign(s, "mlflow", s.mlflow_url)
-            command = [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{s.mlflow_db}",
-                "--default-artifact-root",
-                f"s3://{s.bucket}/",
-                "--no-serve-artifacts",  # clients read and write S3 themselves
-                "--host",
-                s.host,
-                "--port",
-                str(s.mlflow_port),
-                "--workers",
-                "1",
-            ]
             # The job runner costs memory and start-up time, and nothing here uses it.
             _start(
                 s,
                 "mlflow",
-                command,
+                mlflow_server_command(s),
                 {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
                 lambda: _mlflow_answers(s),
                 MLFLOW_START_TIMEOUT,
             )
         s.env_file.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()))
     return env
+
+
+def mlflow_server_command(s: Settings) -> list[str]:
+    """The tracking server the stand-ins run: sqlite for the registry, artifacts straight on S3."""
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{s.mlflow_db}",
+        "--default-artifact-root",
+        f"s3://{s.bucket}/",
+        "--no-serve-artifacts",  # clients read and write S3 themselves
+        "--host",
+        s.host,
+        "--port",
+        str(s.mlflow_port),
+        "--workers",
+        "1",
+    ]
 
 
 def ensure(with_mlflow: bool = True) -> dict[str, str]:
