@@ -60,14 +60,14 @@ standins-status: $(READY)
 	$(PY) -m ride_duration.local.standins status
 
 register: standins-up
-	. .standins/env && $(PY) -m ride_duration.registry
+	. $${STANDINS_DIR:-.standins}/env && $(PY) -m ride_duration.registry
 
 serve-mlflow: register
-	. .standins/env && cd web-service-mlflow && \
+	. $${STANDINS_DIR:-.standins}/env && cd web-service-mlflow && \
 		../$(VENV)/bin/gunicorn --config python:ride_duration.gunicorn_conf --preload predict:app
 
 stream: register
-	. .standins/env && $(PY) streaming/run_local.py
+	. $${STANDINS_DIR:-.standins}/env && $(PY) streaming/run_local.py
 
 score: $(READY)
 	test -f models/lin_reg.npz || $(PY) -m ride_duration.train

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import random
+import shutil
+import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,42 @@ FETCH_THEM = "make data"
 # nbval in the same session, read TLC_MIRROR from the environment too. Nothing fails here, so
 # the tests that need no data run without it.
 os.environ.setdefault("TLC_MIRROR", str(SHARED_MIRROR))
+
+
+def _unused_ports(count: int, first: int = 20_000, last: int = 32_000) -> list[int]:
+    """Free ports below Linux's ephemeral range (32768 and up), which no connection made
+    meanwhile can take."""
+    ports = []
+    for port in random.Random().sample(range(first, last), last - first):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError(f"no {count} free ports between {first} and {last}")
+
+
+# The notebooks start the stand-ins as a learner's session does (standins.ensure). Under test
+# they get a folder and ports of their own, so stand-ins the learner left running (or anything
+# else on port 5000) neither break the run nor are stopped by it, and every run starts from an
+# empty registry. pytest_sessionfinish stops them.
+if "STANDINS_DIR" not in os.environ:
+    os.environ["STANDINS_DIR"] = tempfile.mkdtemp(prefix="ride-duration-standins-")
+    os.environ["MOTO_PORT"], os.environ["MLFLOW_PORT"] = (str(port) for port in _unused_ports(2))
+    _OWN_STANDINS = True
+else:
+    _OWN_STANDINS = False
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_STANDINS:
+        from ride_duration.local import standins
+
+        standins.down()
+        shutil.rmtree(os.environ["STANDINS_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
