@@ -24,7 +24,6 @@ import argparse
 import base64
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ sys.path.insert(0, str(REPO))
 from ride_duration import streaming  # noqa: E402
 from ride_duration.config import models_dir  # noqa: E402
 from ride_duration.local import streaming_demo  # noqa: E402
+from ride_duration.local.processes import stop_group  # noqa: E402
 
 BUCKET = "ride-duration-bench"
 # Peak memory is the process's own high-water mark (VmHWM): ru_maxrss would also count the
@@ -92,13 +92,8 @@ def start_moto() -> tuple[subprocess.Popen, dict[str, str]]:
 
 
 def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+    stop_group(process.pid, 10, reap=process.poll)
+    process.wait()
 
 
 # ---- cold start -----------------------------------------------------------------------------

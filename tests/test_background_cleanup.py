@@ -21,7 +21,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ride_duration.local.standins import group_members
+from ride_duration.local.processes import group_members
 
 REPO = Path(__file__).resolve().parent.parent
 WEB_SERVICE = REPO / "web-service"
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 START_SERVICE = """\
 import json
 from ride_duration.local import background
-from ride_duration.local.standins import group_members
+from ride_duration.local.processes import group_members
 
 service = background.serve_in_background({web_service!r}, env={{"MODEL_PATH": {model!r}}})
 started = {{"pid": service.process.pid, "port": service.port, "group": group_members(service.process.pid)}}

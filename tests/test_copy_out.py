@@ -17,7 +17,6 @@ import json
 import os
 import runpy
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import pytest
 from ride_duration import config
 from ride_duration.compact import CompactModel
 from ride_duration.healthcheck import probe
+from ride_duration.local import processes
 
 REPO = Path(__file__).resolve().parent.parent
 UV = Path(sys.executable).with_name("uv")
@@ -219,23 +219,9 @@ def post_ride(url: str, ride: dict) -> dict:
 
 
 def stop_group(process: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    # The master waits for its workers, but a worker may outlive it by a moment.
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    os.killpg(process.pid, signal.SIGKILL)
-    pytest.fail("gunicorn's workers outlived their master by 10 s")
+    gracefully = processes.stop_group(process.pid, 20, reap=process.poll)
+    process.wait(timeout=10)
+    assert gracefully, "gunicorn or its workers did not stop within 20 s of SIGTERM"
 
 
 # ---- the defaults ------------------------------------------------------------------------

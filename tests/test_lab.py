@@ -12,7 +12,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import pytest
+
+from ride_duration.local import processes
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -75,24 +76,8 @@ def _wait_until_serving(lab: subprocess.Popen, port: int, token: str, log: Path)
 
 
 def _stop_group(lab: subprocess.Popen) -> None:
-    """SIGTERM to make and jupyter (one process group), SIGKILL to whatever is left after a few seconds."""
-    group = lab.pid  # start_new_session: the group's id is make's pid
-    try:
-        os.killpg(group, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        lab.poll()  # reap make, so only live members keep the group
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    try:
-        os.killpg(group, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """SIGTERM to make and jupyter (one process group: start_new_session), SIGKILL to what is left after 10 s."""
+    processes.stop_group(lab.pid, 10, reap=lab.poll)
     lab.wait(timeout=10)
 
 

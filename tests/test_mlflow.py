@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from ride_duration import registry
-from ride_duration.local import standins
+from ride_duration.local import processes, standins
 from ride_duration.local.background import ServiceFailed, free_port, serve_in_background
 from ride_duration.models import MlflowModel, ModelNotFound, ModelStoreUnavailable, load_model
 
@@ -242,7 +242,7 @@ def test_the_service_serves_the_registry_model(registered, rides):
 def test_with_the_tracking_server_stopped_the_model_loads_from_s3(registered, rides):
     mlflow_pid = standins.status()["mlflow"]["pid"]
     standins.stop_mlflow()
-    assert not standins.group_members(mlflow_pid)
+    assert not processes.group_members(mlflow_pid)
     assert standins.status()["mlflow"]["running"] is False and standins.status()["moto"]["running"]
     for spec in (registered.run_id, registered.model_id):
         model = load_model(spec)
@@ -310,7 +310,7 @@ def test_down_leaves_no_process_and_a_fresh_moto_starts_a_fresh_registry(stand_i
     pids = [info["pid"] for info in standins.status().values() if isinstance(info, dict) and info["pid"]]
     assert pids, "moto should still run here"
     standins.down()
-    assert all(not standins.group_members(pid) for pid in pids)
+    assert all(not processes.group_members(pid) for pid in pids)
     assert not any(standins.status()[s]["running"] for s in standins.SERVICES)
     db = Path(os.environ["STANDINS_DIR"]) / "mlflow.db"
     assert db.exists(), "the registry of the stopped stand-ins stays on disk until the next up"
@@ -323,7 +323,7 @@ def test_down_leaves_no_process_and_a_fresh_moto_starts_a_fresh_registry(stand_i
     finally:
         moto_pid = standins.status()["moto"]["pid"]
         standins.down()
-    assert not standins.group_members(moto_pid)
+    assert not processes.group_members(moto_pid)
 
 
 def _post(url: str, payload):

@@ -15,7 +15,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from ride_duration.local import standins
+from ride_duration.local import processes, standins
 from ride_duration.models import ModelNotFound, load_model, parse_mlflow_uri
 
 REPO = Path(__file__).resolve().parent.parent
@@ -178,14 +178,14 @@ def test_down_stops_the_whole_process_group_of_a_recorded_server(tmp_path, monke
         (tmp_path / "mlflow.pid").write_text(str(leader.pid))
         monkeypatch.setattr(standins, "STOP_TIMEOUT", 1.0)
         deadline = 50
-        while len(standins.group_members(leader.pid)) < 2 and deadline:
+        while len(processes.group_members(leader.pid)) < 2 and deadline:
             deadline -= 1
             subprocess.run(["sleep", "0.1"])
-        assert len(standins.group_members(leader.pid)) == 2
+        assert len(processes.group_members(leader.pid)) == 2
         assert standins.status()["mlflow"]["running"] is False  # alive but not answering
         standins.down()
         leader.wait(timeout=10)
-        assert standins.group_members(leader.pid) == []
+        assert processes.group_members(leader.pid) == []
         assert not (tmp_path / "mlflow.pid").exists()
     finally:
         if leader.poll() is None:

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from ride_duration.healthcheck import probe
+from ride_duration.local.processes import group_alive, stop_group
 
 DEFAULT_CONFIG = "python:ride_duration.gunicorn_conf"
 START_TIMEOUT = 30.0  # seconds to wait for /health
@@ -152,35 +153,14 @@ class Service:
 
     def running(self) -> bool:
         """Whether any process of the service (master or worker) is still alive."""
-        if self.process.poll() is None:
-            return True
-        try:
-            os.killpg(self.process.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return self.process.poll() is None or group_alive(self.process.pid)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """Stop gracefully (SIGTERM lets requests in flight finish), then kill what is left."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        try:  # workers whose master died, or a master that ignored SIGTERM
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_group(self.process.pid, timeout, reap=self.process.poll)
         self.process.wait()
         if self.temporary_log:
             self.log_path.unlink(missing_ok=True)
-        # A worker the master killed without reaping lingers as a zombie until init reaps it.
-        deadline = time.monotonic() + 5
-        while self.running() and time.monotonic() < deadline:
-            time.sleep(0.05)
         _running.pop(self.process.pid, None)
         return self.process.returncode
 

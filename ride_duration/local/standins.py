@@ -28,7 +28,7 @@ MLFLOW_TRACKING_URI to your tracking server (started with `--default-artifact-ro
 s3://<your bucket>/`): ride_duration.registry and the loaders then talk to AWS with the same
 code. The dummy credentials `test`/`test` below are for the stand-in only.
 
-Linux only: process groups are inspected through /proc.
+Linux only: process groups are inspected through /proc (ride_duration.local.processes).
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -47,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ride_duration.config import REPO_ROOT, SettingError, env_int, model_bucket
+from ride_duration.local.processes import GroupSurvived, group_members, stop_group
 
 MOTO_START_TIMEOUT = 30.0
 # The tracking server takes 10-30 s to answer on two busy cores.
@@ -219,21 +219,6 @@ def status() -> dict:
 
 
 # ---- processes ---------------------------------------------------------------------------
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, read from /proc."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # the process ended while we looked
-            continue
-        # Fields after the command name, which may hold spaces: state ppid pgrp ...
-        state, _ppid, pgrp = text.rpartition(")")[2].split()[:3]
-        if int(pgrp) == pgid and state not in ("Z", "X"):
-            members.append(int(stat.parent.name))
-    return members
-
-
 _children: dict[int, subprocess.Popen] = {}  # started by this process, reaped on stop
 
 
@@ -273,19 +258,10 @@ def _stop(s: Settings, service: str) -> None:
     pid = _read_pid(s, service)
     if pid is None:
         return
-    for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, 5.0)):
-        if not group_members(pid):
-            break
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, sig)
-        deadline = time.monotonic() + wait
-        while group_members(pid) and time.monotonic() < deadline:
-            _reap(pid)
-            time.sleep(0.1)
-    _reap(pid)
-    left = group_members(pid)
-    if left:
-        raise StandinError(f"{service}: processes {left} of group {pid} survived SIGKILL")
+    try:
+        stop_group(pid, STOP_TIMEOUT, reap=lambda: _reap(pid))
+    except GroupSurvived as exc:
+        raise StandinError(f"{service}: {exc}") from None
     s.pid_file(service).unlink(missing_ok=True)
 
 
