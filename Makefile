@@ -6,7 +6,7 @@ UV_VERSION := 0.13.8
 READY := $(VENV)/.ready
 
 .PHONY: demo test lab train serve standins-up standins-down standins-status register \
-	serve-mlflow stream score refresh-notebooks diagrams screenshots site bench clean lint data
+	serve-mlflow stream score refresh-notebooks diagrams screenshots site bench bench-setup clean lint data
 
 # Bytecode is compiled at install: with PYTHONDONTWRITEBYTECODE set, every process would
 # otherwise compile scikit-learn's sources again (about 6 s instead of 1 s to import it here).
@@ -98,6 +98,11 @@ bench: register
 	$(PY) benchmarks/web_service.py --slow-clients 50 --results benchmarks/results.json
 	$(PY) benchmarks/streaming.py --results benchmarks/results.json
 	$(PY) benchmarks/batch.py --spark --results benchmarks/results.json
+	$(PY) benchmarks/results.py render
+
+# The README's two commands on a fresh clone of HEAD (about 10 min): the Performance section's set-up table.
+bench-setup: $(READY)
+	$(PY) benchmarks/setup.py --results benchmarks/results.json
 	$(PY) benchmarks/results.py render
 
 clean:

@@ -7,7 +7,8 @@ benchmarks/results.json holds one section per benchmark: when it ran, on what ma
 command that reproduces it, and its figures. Each benchmark writes its own section when given
 --results (`make bench` gives it): batch.py stores its runs and the issue's targets, and its
 table is made here; startup.py, web_service.py and streaming.py store the table they print.
-The "setup" section is the one written by hand, from a fresh clone's `.ci/run` and `make demo`.
+benchmarks/setup.py (`make bench-setup`, about 10 minutes) writes the "setup" section from a
+fresh clone.
 Standard library only: benchmarks/batch.py's parent process imports this and must stay small.
 """
 

@@ -95,3 +95,10 @@ def test_the_web_table_shows_each_services_median_round_and_the_checks():
     assert "| (a) `web-service/`, the numpy export | 1,000 | 1.0 | 8.0 | 500 us |" in table
     assert "- a/b: 1.00 (target >= 0.9: met; rounds 0.90, 1.00, 1.10" in table
     assert "- p99 of (a), ms: 8.00 (target <= 15: met" in table and "- errors in all rounds: 0" in table
+
+
+def test_the_setup_table_gives_minutes_and_the_venv_in_gigabytes():
+    setup = benchmark_module("setup")
+    table = setup.table(test_seconds=468.4, pytest_seconds=59.6, items=663, demo_seconds=57.7, venv_bytes=2.04e9)
+    assert "(663 items) | 7 min 48 s, of which the tests 1 min 0 s |" in table
+    assert "| `make demo` after that (7 stages) | 58 s |" in table and "| 2.0 GB |" in table
