@@ -54,6 +54,7 @@ def update(path: Path, section: str, record: dict) -> None:
     results = json.loads(path.read_text()) if path.is_file() else {}
     results[section] = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": machine(), **record}
     path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written to {path}")
 
 
 # ---- rendering --------------------------------------------------------------------------

@@ -145,15 +145,13 @@ def main(argv=None) -> None:
             f"{variant:16} {r['seconds']:12.2f} {r['wall']:8.2f} {r['peak_mb']:8.0f} {ratio:14.1f} {r['minutes']:8.2f}"
         )
     if args.results:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-        import results as results_file
+        import results as results_file  # benchmarks/, the script's own folder, is on sys.path
 
         record = {"markdown": table(results, Path(args.model).name, args.repeats), "runs": results}
         title = "Start-up: what a serving process pays before its first answer"
         results_file.update(
             args.results, "startup", {"title": title, "command": "python benchmarks/startup.py"} | record
         )
-        print(f"written to {args.results}")
 
 
 def table(results: dict[str, dict], model: str, repeats: int) -> str:

@@ -262,12 +262,10 @@ def main(argv=None) -> None:
     finally:
         stop(process)
     if args.results:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-        import results as results_file
+        import results as results_file  # benchmarks/, the script's own folder, is on sys.path
 
         record = {"title": "Streaming", "command": "python benchmarks/streaming.py", "markdown": table(rows, args)}
         results_file.update(args.results, "streaming", record)
-        print(f"written to {args.results}")
 
 
 def table(rows: list[tuple[str, list[dict], dict]], args) -> str:

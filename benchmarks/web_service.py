@@ -305,8 +305,7 @@ def main(argv=None) -> int:
         f"means other work shared the cores, and requests/s and p99 suffer)"
     )
     if args.results:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-        import results as results_file
+        import results as results_file  # benchmarks/, the script's own folder, is on sys.path
 
         section = "web_service_slow_clients" if slow else "web_service"
         title = f"Web service, with {args.slow_clients} slow clients per service" if slow else "Web service"
@@ -314,7 +313,6 @@ def main(argv=None) -> int:
         markdown = table(rounds, checks, errors, args, settings, slow_line)
         record = {"title": title, "command": command, "markdown": markdown, "checks": checks, "errors": errors}
         results_file.update(args.results, section, record)
-        print(f"written to {args.results}")
     return 0
 
 
